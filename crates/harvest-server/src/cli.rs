@@ -1,0 +1,144 @@
+//! The `harvest` command line: `serve`, `migrate`, `token`, `config`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::{Authenticator, Role, parse_ttl};
+use crate::config::{Flags, Settings};
+
+/// Harvest: a live-stream shopping backend.
+#[derive(Debug, Parser)]
+#[command(name = "harvest", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings every subcommand accepts; they override file and environment.
+#[derive(Debug, Clone, Args, Default)]
+pub struct CommonArgs {
+    /// Configuration file (default: ./harvest.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:8080.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// sqlite://PATH or postgres://...
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// redis://HOST:PORT (comma-separated for Redis Cluster).
+    #[arg(long, global = true, value_name = "URL")]
+    pub redis_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve(#[command(flatten)] CommonArgs),
+    /// Apply SQL migrations and exit.
+    Migrate(#[command(flatten)] CommonArgs),
+    /// Print a bearer token (and a newline) signed with the configured secret.
+    Token(TokenArgs),
+    /// Print the effective configuration, secrets redacted.
+    Config(#[command(flatten)] CommonArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// User id (the token's `sub`).
+    #[arg(long)]
+    pub sub: String,
+    /// Role: viewer, streamer, organizer or admin; repeat for several.
+    #[arg(long = "role", value_parser = parse_role)]
+    pub roles: Vec<Role>,
+    /// Display name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Lifetime, e.g. 90s, 15m, 24h, 7d.
+    #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+    pub ttl: std::time::Duration,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s)
+        .ok_or_else(|| format!("unknown role {s:?}: use viewer, streamer, organizer or admin"))
+}
+
+impl CommonArgs {
+    fn flags(&self) -> Flags {
+        Flags {
+            config: self.config.clone(),
+            listen: self.listen.clone(),
+            database_url: self.database_url.clone(),
+            redis_url: self.redis_url.clone(),
+        }
+    }
+
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Ok(Settings::resolve(&env, &self.flags())?)
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(common) => {
+            let settings = common.settings()?;
+            crate::telemetry::init(settings.log_format);
+            let addr = settings.listen_addr()?;
+            let state = crate::build_state(settings).await?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                database = state.store.backend().as_str(),
+                redis = state.redis.is_some(),
+                node_id = %state.settings.node_id,
+                "harvest is serving"
+            );
+            crate::serve(listener, state, crate::app::shutdown_signal()).await
+        }
+        Command::Migrate(common) => {
+            let settings = common.settings()?;
+            crate::telemetry::init(settings.log_format);
+            let store = harvest_store::Store::connect(
+                settings.database_url.expose(),
+                harvest_store::StoreOptions::default(),
+            )
+            .await?;
+            store.migrate().await?;
+            store.close().await;
+            eprintln!("migrations applied to {:?}", settings.database_url);
+            Ok(())
+        }
+        Command::Token(args) => {
+            let settings = args.common.settings()?;
+            crate::telemetry::init(settings.log_format);
+            let secret = settings.jwt_secret()?;
+            let auth =
+                Authenticator::new(secret.expose().as_bytes()).context("invalid jwt_secret")?;
+            let roles = if args.roles.is_empty() {
+                vec![Role::Viewer]
+            } else {
+                args.roles
+            };
+            println!(
+                "{}",
+                auth.mint(&args.sub, args.name.as_deref(), &roles, args.ttl)
+            );
+            Ok(())
+        }
+        Command::Config(common) => {
+            let settings = common.settings()?;
+            print!("{}", settings.to_redacted_toml());
+            Ok(())
+        }
+    }
+}

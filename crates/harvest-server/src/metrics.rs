@@ -1,0 +1,81 @@
+//! Prometheus metrics: one process-wide recorder, HTTP request counters by route and
+//! status, and process RSS and CPU sampled on every scrape.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Handle to the process-wide metrics recorder.
+#[derive(Clone)]
+pub struct Metrics {
+    handle: PrometheusHandle,
+    process: Arc<metrics_process::Collector>,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    /// The process-wide recorder, installed on first use (several servers in one
+    /// process, as in tests, share it).
+    pub fn global() -> Self {
+        static GLOBAL: OnceLock<Metrics> = OnceLock::new();
+        GLOBAL
+            .get_or_init(|| {
+                let handle = PrometheusBuilder::new()
+                    .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                    .expect("static buckets are valid")
+                    .install_recorder()
+                    .expect("the metrics recorder is installed once");
+                let process = metrics_process::Collector::default();
+                process.describe();
+                describe();
+                Metrics {
+                    handle,
+                    process: Arc::new(process),
+                }
+            })
+            .clone()
+    }
+
+    /// The Prometheus text exposition of every metric, process figures refreshed.
+    pub fn render(&self) -> String {
+        self.process.collect();
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "harvest_http_requests_total",
+        "HTTP requests answered, by route template and status code"
+    );
+    metrics::describe_histogram!(
+        "harvest_http_request_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request latency by route template"
+    );
+}
+
+/// Middleware counting every answered request by route template and status.
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("harvest_http_requests_total", "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("harvest_http_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

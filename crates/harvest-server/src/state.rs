@@ -1,0 +1,54 @@
+//! Shared state of a running server: cheap-to-clone handles to every component.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use harvest_store::Store;
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::redis_check::RedisCheck;
+
+/// Everything a handler may need. Clone is cheap: every field is a handle.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub auth: Authenticator,
+    pub redis: Option<RedisCheck>,
+    pub metrics: crate::metrics::Metrics,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Store,
+        auth: Authenticator,
+        redis: Option<RedisCheck>,
+        metrics: crate::metrics::Metrics,
+    ) -> Self {
+        Self {
+            settings,
+            store,
+            auth,
+            redis,
+            metrics,
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Marks the node as shutting down: `/readyz` answers 503 from now on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.request_timeout_s.max(1))
+    }
+}
