@@ -80,6 +80,10 @@ fn data_error(path: &str, message: &str) -> ApiError {
         .and_then(|rest| rest.split('`').next());
     let field = match (path, named) {
         ("." | "", Some(name)) => name.to_owned(),
+        // An unknown field is already the last segment of the path.
+        (path, Some(name)) if path == name || path.ends_with(&format!(".{name}")) => {
+            path.to_owned()
+        }
         (parent, Some(name)) => format!("{parent}.{name}"),
         (".", None) | ("", None) => String::new(),
         (path, None) => path.to_owned(),
@@ -122,13 +126,15 @@ where
 
 /// Deserializes an integer in `0..=2^53−1`, the range every JSON client represents.
 pub fn safe_uint<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    let value = i128::deserialize(d)?;
-    if (0..=i128::from(MAX_SAFE_INT)).contains(&value) {
-        Ok(value as i64)
-    } else {
-        Err(serde::de::Error::custom(format!(
+    let number = serde_json::Number::deserialize(d)?;
+    match number.as_i64() {
+        Some(n) if (0..=MAX_SAFE_INT).contains(&n) => Ok(n),
+        _ if number.is_f64() => Err(serde::de::Error::custom(format!(
+            "expected an integer in 0..={MAX_SAFE_INT}, got {number}"
+        ))),
+        _ => Err(serde::de::Error::custom(format!(
             "integer out of range: expected 0..={MAX_SAFE_INT}"
-        )))
+        ))),
     }
 }
 

@@ -134,6 +134,24 @@ impl Store {
         Ok(())
     }
 
+    /// A short fingerprint of this backend's migrations: equal fingerprints mean equal
+    /// schemas (test kits name their template databases with it).
+    pub fn schema_fingerprint(backend: Backend) -> String {
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATOR,
+            Backend::Postgres => &POSTGRES_MIGRATOR,
+        };
+        // FNV-1a over every migration's version and checksum.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for m in migrator.iter() {
+            for b in m.version.to_le_bytes().iter().chain(m.checksum.iter()) {
+                hash ^= u64::from(*b);
+                hash = hash.wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        format!("{hash:016x}")
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -1,0 +1,183 @@
+//! The authorization table: every route × every kind of caller, with the expected
+//! status. A new route adds its row here.
+
+use harvest_testkit::{TestApp, spawn_app};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// The callers of every row, in column order.
+#[derive(Debug, Clone, Copy)]
+enum Caller {
+    Anonymous,
+    Viewer,
+    Owner,
+    OtherStreamer,
+    Organizer,
+    Admin,
+}
+
+const CALLERS: [Caller; 6] = [
+    Caller::Anonymous,
+    Caller::Viewer,
+    Caller::Owner,
+    Caller::OtherStreamer,
+    Caller::Organizer,
+    Caller::Admin,
+];
+
+impl Caller {
+    fn token(self, app: &TestApp) -> Option<String> {
+        match self {
+            Self::Anonymous => None,
+            Self::Viewer => Some(app.viewer("viewer-1")),
+            Self::Owner => Some(app.streamer("owner")),
+            Self::OtherStreamer => Some(app.streamer("other-streamer")),
+            Self::Organizer => Some(app.organizer("organizer-1")),
+            Self::Admin => Some(app.admin("admin-1")),
+        }
+    }
+}
+
+/// What each row works on: a fresh room of `owner` in the given state, with a product
+/// of `owner` in its bag and a second one outside it.
+struct Fixture {
+    room: String,
+    in_bag: String,
+    outside: String,
+}
+
+async fn fixture(app: &TestApp) -> Fixture {
+    let owner = app.streamer("owner");
+    let n = uuid::Uuid::now_v7().simple().to_string();
+    let room = app.create_room(&owner, "authz").await["id"].as_str().unwrap().to_owned();
+    let in_bag = app.create_product(&owner, &format!("in-{n}")).await["id"].as_str().unwrap().to_owned();
+    let outside = app.create_product(&owner, &format!("out-{n}")).await["id"].as_str().unwrap().to_owned();
+    app.post(&format!("/api/v1/rooms/{room}/products"), Some(&owner), &json!({"product_id": in_bag}))
+        .await
+        .assert_status(200);
+    Fixture { room, in_bag, outside }
+}
+
+struct Row {
+    method: Method,
+    path: fn(&Fixture) -> String,
+    body: fn(&Fixture) -> Option<Value>,
+    /// Expected status for anonymous, viewer, owner, other streamer, organizer, admin.
+    expect: [u16; 6],
+}
+
+fn rows() -> Vec<Row> {
+    let public = [200; 6];
+    let streamers = [401, 403, 201, 201, 403, 201];
+    let owner_only = [401, 403, 200, 403, 403, 200];
+    vec![
+        Row { method: Method::GET, path: |_| "/healthz".into(), body: |_| None, expect: public },
+        Row { method: Method::GET, path: |_| "/readyz".into(), body: |_| None, expect: public },
+        Row { method: Method::GET, path: |_| "/metrics".into(), body: |_| None, expect: public },
+        Row { method: Method::GET, path: |_| "/openapi.json".into(), body: |_| None, expect: public },
+        Row {
+            method: Method::POST,
+            path: |_| "/api/v1/products".into(),
+            body: |_| Some(json!({"sku": uuid::Uuid::now_v7().to_string(), "title": "t", "list_price": 100})),
+            expect: streamers,
+        },
+        Row { method: Method::GET, path: |_| "/api/v1/products".into(), body: |_| None, expect: public },
+        Row { method: Method::GET, path: |f| format!("/api/v1/products/{}", f.in_bag), body: |_| None, expect: public },
+        Row {
+            method: Method::POST,
+            path: |_| "/api/v1/rooms".into(),
+            body: |_| Some(json!({"title": "a room"})),
+            expect: streamers,
+        },
+        Row { method: Method::GET, path: |_| "/api/v1/rooms".into(), body: |_| None, expect: public },
+        Row { method: Method::GET, path: |f| format!("/api/v1/rooms/{}", f.room), body: |_| None, expect: public },
+        Row {
+            method: Method::POST,
+            path: |f| format!("/api/v1/rooms/{}/start", f.room),
+            body: |_| None,
+            expect: owner_only,
+        },
+        Row {
+            method: Method::POST,
+            path: |f| format!("/api/v1/rooms/{}/end", f.room),
+            body: |_| None,
+            expect: owner_only,
+        },
+        Row {
+            method: Method::POST,
+            path: |f| format!("/api/v1/rooms/{}/products", f.room),
+            body: |f| Some(json!({"product_id": f.outside})),
+            expect: owner_only,
+        },
+        Row {
+            method: Method::DELETE,
+            path: |f| format!("/api/v1/rooms/{}/products/{}", f.room, f.in_bag),
+            body: |_| None,
+            expect: owner_only,
+        },
+        Row {
+            method: Method::POST,
+            path: |f| format!("/api/v1/rooms/{}/pin", f.room),
+            body: |f| Some(json!({"product_id": f.in_bag})),
+            expect: owner_only,
+        },
+    ]
+}
+
+#[tokio::test]
+async fn every_route_for_every_caller() {
+    let app = spawn_app().await;
+    let mut failures = Vec::new();
+    for row in rows() {
+        for (caller, expected) in CALLERS.iter().zip(row.expect) {
+            let f = fixture(&app).await;
+            let path = (row.path)(&f);
+            let token = caller.token(&app);
+            let r = app
+                .request(row.method.clone(), &path, token.as_deref(), (row.body)(&f).as_ref())
+                .await;
+            if r.status.as_u16() != expected {
+                failures.push(format!(
+                    "{} {path} as {caller:?}: expected {expected}, got {} {}",
+                    row.method, r.status, r.text
+                ));
+            }
+            if expected >= 400 {
+                let code = match expected {
+                    401 => "unauthorized",
+                    403 => "forbidden",
+                    _ => unreachable!(),
+                };
+                if r.error_code() != Some(code) {
+                    failures.push(format!("{} {path} as {caller:?}: code {:?}", row.method, r.error_code()));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `/a/{x}/b/{y}` → `/a/{}/b/{}`.
+fn template(path: &str) -> String {
+    path.split('/')
+        .map(|seg| if seg.starts_with('{') && seg.ends_with('}') { "{}" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test]
+async fn the_table_covers_every_documented_operation() {
+    let app = spawn_app().await;
+    let doc = app.get("/openapi.json", None).await.body;
+    let f = Fixture { room: "{room}".into(), in_bag: "{product}".into(), outside: String::new() };
+    let covered: Vec<(String, String)> = rows()
+        .iter()
+        .map(|r| (r.method.as_str().to_ascii_lowercase(), template(&(r.path)(&f))))
+        .collect();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let wanted = (method.clone(), template(path));
+            assert!(covered.contains(&wanted), "{method} {path} has no row in the authorization table");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the `harvest` server: the real router on port 0 with a fresh
+//! store, talked to over HTTP (and, for signals and the CLI, the real binary).
+
+mod authz;
+mod ops;
+mod process;
+mod products;
+mod rooms;
+mod tokens;
