@@ -151,9 +151,11 @@ async fn create_postgres_database(admin: &str, name: &str) {
     .await
     .expect("look up template");
     if exists.is_none() {
-        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{template}\"")))
-            .await
-            .expect("create template");
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{template}\""
+        )))
+        .await
+        .expect("create template");
         let store = Store::connect(&with_database(admin, &template), StoreOptions::default())
             .await
             .expect("connect template");

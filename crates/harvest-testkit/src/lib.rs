@@ -123,7 +123,9 @@ impl TestResponse {
         assert_eq!(self.status.as_u16(), status, "status; body: {}", self.text);
         assert_eq!(self.error_code(), Some(code), "code; body: {}", self.text);
         assert!(
-            self.body.pointer("/error/message").is_some_and(Value::is_string),
+            self.body
+                .pointer("/error/message")
+                .is_some_and(Value::is_string),
             "error message; body: {}",
             self.text
         );
@@ -152,8 +154,7 @@ impl TestApp {
 
     /// A token for `sub` with `roles`, valid for an hour.
     pub fn token(&self, sub: &str, roles: &[Role]) -> String {
-        self.auth
-            .mint(sub, None, roles, Duration::from_secs(3600))
+        self.auth.mint(sub, None, roles, Duration::from_secs(3600))
     }
 
     pub fn viewer(&self, sub: &str) -> String {
@@ -250,7 +251,11 @@ impl TestApp {
     /// Creates a room as `token`'s streamer and returns its JSON.
     pub async fn create_room(&self, token: &str, title: &str) -> Value {
         let r = self
-            .post("/api/v1/rooms", Some(token), &serde_json::json!({"title": title}))
+            .post(
+                "/api/v1/rooms",
+                Some(token),
+                &serde_json::json!({"title": title}),
+            )
             .await;
         r.assert_status(201);
         r.body

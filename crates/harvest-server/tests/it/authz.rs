@@ -49,13 +49,30 @@ struct Fixture {
 async fn fixture(app: &TestApp) -> Fixture {
     let owner = app.streamer("owner");
     let n = uuid::Uuid::now_v7().simple().to_string();
-    let room = app.create_room(&owner, "authz").await["id"].as_str().unwrap().to_owned();
-    let in_bag = app.create_product(&owner, &format!("in-{n}")).await["id"].as_str().unwrap().to_owned();
-    let outside = app.create_product(&owner, &format!("out-{n}")).await["id"].as_str().unwrap().to_owned();
-    app.post(&format!("/api/v1/rooms/{room}/products"), Some(&owner), &json!({"product_id": in_bag}))
-        .await
-        .assert_status(200);
-    Fixture { room, in_bag, outside }
+    let room = app.create_room(&owner, "authz").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let in_bag = app.create_product(&owner, &format!("in-{n}")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let outside = app.create_product(&owner, &format!("out-{n}")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(
+        &format!("/api/v1/rooms/{room}/products"),
+        Some(&owner),
+        &json!({"product_id": in_bag}),
+    )
+    .await
+    .assert_status(200);
+    Fixture {
+        room,
+        in_bag,
+        outside,
+    }
 }
 
 struct Row {
@@ -71,26 +88,70 @@ fn rows() -> Vec<Row> {
     let streamers = [401, 403, 201, 201, 403, 201];
     let owner_only = [401, 403, 200, 403, 403, 200];
     vec![
-        Row { method: Method::GET, path: |_| "/healthz".into(), body: |_| None, expect: public },
-        Row { method: Method::GET, path: |_| "/readyz".into(), body: |_| None, expect: public },
-        Row { method: Method::GET, path: |_| "/metrics".into(), body: |_| None, expect: public },
-        Row { method: Method::GET, path: |_| "/openapi.json".into(), body: |_| None, expect: public },
+        Row {
+            method: Method::GET,
+            path: |_| "/healthz".into(),
+            body: |_| None,
+            expect: public,
+        },
+        Row {
+            method: Method::GET,
+            path: |_| "/readyz".into(),
+            body: |_| None,
+            expect: public,
+        },
+        Row {
+            method: Method::GET,
+            path: |_| "/metrics".into(),
+            body: |_| None,
+            expect: public,
+        },
+        Row {
+            method: Method::GET,
+            path: |_| "/openapi.json".into(),
+            body: |_| None,
+            expect: public,
+        },
         Row {
             method: Method::POST,
             path: |_| "/api/v1/products".into(),
-            body: |_| Some(json!({"sku": uuid::Uuid::now_v7().to_string(), "title": "t", "list_price": 100})),
+            body: |_| {
+                Some(
+                    json!({"sku": uuid::Uuid::now_v7().to_string(), "title": "t", "list_price": 100}),
+                )
+            },
             expect: streamers,
         },
-        Row { method: Method::GET, path: |_| "/api/v1/products".into(), body: |_| None, expect: public },
-        Row { method: Method::GET, path: |f| format!("/api/v1/products/{}", f.in_bag), body: |_| None, expect: public },
+        Row {
+            method: Method::GET,
+            path: |_| "/api/v1/products".into(),
+            body: |_| None,
+            expect: public,
+        },
+        Row {
+            method: Method::GET,
+            path: |f| format!("/api/v1/products/{}", f.in_bag),
+            body: |_| None,
+            expect: public,
+        },
         Row {
             method: Method::POST,
             path: |_| "/api/v1/rooms".into(),
             body: |_| Some(json!({"title": "a room"})),
             expect: streamers,
         },
-        Row { method: Method::GET, path: |_| "/api/v1/rooms".into(), body: |_| None, expect: public },
-        Row { method: Method::GET, path: |f| format!("/api/v1/rooms/{}", f.room), body: |_| None, expect: public },
+        Row {
+            method: Method::GET,
+            path: |_| "/api/v1/rooms".into(),
+            body: |_| None,
+            expect: public,
+        },
+        Row {
+            method: Method::GET,
+            path: |f| format!("/api/v1/rooms/{}", f.room),
+            body: |_| None,
+            expect: public,
+        },
         Row {
             method: Method::POST,
             path: |f| format!("/api/v1/rooms/{}/start", f.room),
@@ -134,7 +195,12 @@ async fn every_route_for_every_caller() {
             let path = (row.path)(&f);
             let token = caller.token(&app);
             let r = app
-                .request(row.method.clone(), &path, token.as_deref(), (row.body)(&f).as_ref())
+                .request(
+                    row.method.clone(),
+                    &path,
+                    token.as_deref(),
+                    (row.body)(&f).as_ref(),
+                )
                 .await;
             if r.status.as_u16() != expected {
                 failures.push(format!(
@@ -149,7 +215,11 @@ async fn every_route_for_every_caller() {
                     _ => unreachable!(),
                 };
                 if r.error_code() != Some(code) {
-                    failures.push(format!("{} {path} as {caller:?}: code {:?}", row.method, r.error_code()));
+                    failures.push(format!(
+                        "{} {path} as {caller:?}: code {:?}",
+                        row.method,
+                        r.error_code()
+                    ));
                 }
             }
         }
@@ -160,7 +230,13 @@ async fn every_route_for_every_caller() {
 /// `/a/{x}/b/{y}` → `/a/{}/b/{}`.
 fn template(path: &str) -> String {
     path.split('/')
-        .map(|seg| if seg.starts_with('{') && seg.ends_with('}') { "{}" } else { seg })
+        .map(|seg| {
+            if seg.starts_with('{') && seg.ends_with('}') {
+                "{}"
+            } else {
+                seg
+            }
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -169,15 +245,27 @@ fn template(path: &str) -> String {
 async fn the_table_covers_every_documented_operation() {
     let app = spawn_app().await;
     let doc = app.get("/openapi.json", None).await.body;
-    let f = Fixture { room: "{room}".into(), in_bag: "{product}".into(), outside: String::new() };
+    let f = Fixture {
+        room: "{room}".into(),
+        in_bag: "{product}".into(),
+        outside: String::new(),
+    };
     let covered: Vec<(String, String)> = rows()
         .iter()
-        .map(|r| (r.method.as_str().to_ascii_lowercase(), template(&(r.path)(&f))))
+        .map(|r| {
+            (
+                r.method.as_str().to_ascii_lowercase(),
+                template(&(r.path)(&f)),
+            )
+        })
         .collect();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
             let wanted = (method.clone(), template(path));
-            assert!(covered.contains(&wanted), "{method} {path} has no row in the authorization table");
+            assert!(
+                covered.contains(&wanted),
+                "{method} {path} has no row in the authorization table"
+            );
         }
     }
 }

@@ -52,7 +52,9 @@ async fn readyz_names_an_unreachable_redis() {
 async fn metrics_expose_process_and_http_series() {
     let app = spawn_app().await;
     app.get("/healthz", None).await.assert_status(200);
-    app.get("/api/v1/products/nope", None).await.assert_status(404);
+    app.get("/api/v1/products/nope", None)
+        .await
+        .assert_status(404);
     let r = app.get("/metrics", None).await;
     r.assert_status(200);
     assert!(
@@ -137,10 +139,7 @@ async fn openapi_documents_every_route_with_errors() {
                     .find(|(k, _)| k.starts_with('4'))
                     .unwrap_or_else(|| panic!("{method} {path} documents no error"));
                 let schema = &error.1["content"]["application/json"]["schema"]["$ref"];
-                assert_eq!(
-                    schema, "#/components/schemas/ErrorBody",
-                    "{method} {path}"
-                );
+                assert_eq!(schema, "#/components/schemas/ErrorBody", "{method} {path}");
             }
             if *method == "post" && op.get("requestBody").is_none() {
                 assert!(
@@ -204,7 +203,8 @@ async fn slow_handlers_hit_the_request_deadline_as_503() {
         .header("content-type", "application/json")
         .body(body)
         .send();
-    tx.try_send(Ok(bytes::Bytes::from_static(b"{\"sku\":"))).unwrap();
+    tx.try_send(Ok(bytes::Bytes::from_static(b"{\"sku\":")))
+        .unwrap();
     let response = send.await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().get("retry-after").is_some());

@@ -26,14 +26,25 @@ async fn process_serves_on_embedded_defaults_and_creates_its_data() {
     let mut p = HarvestProcess::start(Path::new(BIN), dir.path(), &[]).await;
     eprintln!("healthy after {:?}", started.elapsed());
     let db = dir.path().join("data/harvest.db");
-    assert!(db.exists(), "the SQLite file is created at ./data/harvest.db");
+    assert!(
+        db.exists(),
+        "the SQLite file is created at ./data/harvest.db"
+    );
     let secret = dir.path().join("data/jwt_secret");
     assert!(secret.exists(), "a JWT secret is generated");
     // A token minted by `harvest token` in the same folder is accepted by the server.
-    let out = harvest(dir.path(), &["token", "--sub", "s1", "--role", "streamer"], &[]);
+    let out = harvest(
+        dir.path(),
+        &["token", "--sub", "s1", "--role", "streamer"],
+        &[],
+    );
     assert!(out.status.success());
     let token = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(token.matches('\n').count(), 1, "only the token and a newline");
+    assert_eq!(
+        token.matches('\n').count(),
+        1,
+        "only the token and a newline"
+    );
     let r = reqwest::Client::new()
         .post(p.url("/api/v1/rooms"))
         .bearer_auth(token.trim())
@@ -43,7 +54,10 @@ async fn process_serves_on_embedded_defaults_and_creates_its_data() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
     p.signal("INT");
-    let status = p.wait_exit(Duration::from_secs(10)).await.expect("exits after SIGINT");
+    let status = p
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits after SIGINT");
     assert!(status.success(), "{status}");
 }
 
@@ -66,7 +80,12 @@ async fn process_sigterm_turns_readiness_off_drains_and_exits_zero() {
     // An in-flight request: headers and half a body sent before the signal.
     let token = harvest_server::auth::Authenticator::new(b"sigterm-secret")
         .unwrap()
-        .mint("s1", None, &[harvest_server::auth::Role::Streamer], Duration::from_secs(600));
+        .mint(
+            "s1",
+            None,
+            &[harvest_server::auth::Role::Streamer],
+            Duration::from_secs(600),
+        );
     let body = br#"{"title":"in flight"}"#;
     let mut stream = tokio::net::TcpStream::connect(&p.addr).await.unwrap();
     let head = format!(
@@ -84,13 +103,13 @@ async fn process_sigterm_turns_readiness_off_drains_and_exits_zero() {
     // Readiness turns 503 at once, while the listener still answers.
     let mut saw_unready = false;
     while signalled.elapsed() < Duration::from_millis(1200) {
-        if let Ok(r) = reqwest::get(p.url("/readyz")).await {
-            if r.status().as_u16() == 503 {
-                let body: serde_json::Value = r.json().await.unwrap();
-                assert_eq!(body["status"], "unavailable");
-                saw_unready = true;
-                break;
-            }
+        if let Ok(r) = reqwest::get(p.url("/readyz")).await
+            && r.status().as_u16() == 503
+        {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["status"], "unavailable");
+            saw_unready = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -102,7 +121,10 @@ async fn process_sigterm_turns_readiness_off_drains_and_exits_zero() {
     stream.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
 
-    let status = p.wait_exit(Duration::from_secs(10)).await.expect("exit within 10 s");
+    let status = p
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exit within 10 s");
     assert!(status.success(), "exit status {status}");
     assert!(signalled.elapsed() < Duration::from_secs(10));
     // New connections are refused once it has gone.
@@ -123,11 +145,18 @@ async fn process_config_redacts_secrets_and_shows_layers() {
         &[
             ("HARVEST_JWT_SECRET", "top-secret-jwt"),
             ("HARVEST_PAYMENT_WEBHOOK_SECRET", "top-secret-hook"),
-            ("HARVEST_DATABASE_URL", "postgres://app:top-secret-pw@db.internal/harvest"),
+            (
+                "HARVEST_DATABASE_URL",
+                "postgres://app:top-secret-pw@db.internal/harvest",
+            ),
             ("HARVEST_NODE_ID", "from-env"),
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let all = format!("{text}{}", String::from_utf8_lossy(&out.stderr));
     for secret in ["top-secret-jwt", "top-secret-hook", "top-secret-pw"] {
@@ -143,7 +172,11 @@ async fn process_config_redacts_secrets_and_shows_layers() {
     );
 
     // A bad setting is a clear error and a failing exit status.
-    let out = harvest(dir.path(), &["config"], &[("HARVEST_REQUEST_TIMEOUT_S", "soon")]);
+    let out = harvest(
+        dir.path(),
+        &["config"],
+        &[("HARVEST_REQUEST_TIMEOUT_S", "soon")],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("HARVEST_REQUEST_TIMEOUT_S"));
 }
@@ -151,15 +184,39 @@ async fn process_config_redacts_secrets_and_shows_layers() {
 #[tokio::test]
 async fn process_migrate_and_token_commands() {
     let db = TestDatabase::create().await;
-    let out = harvest(db.dir(), &["migrate"], &[("HARVEST_DATABASE_URL", db.url())]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = harvest(
+        db.dir(),
+        &["migrate"],
+        &[("HARVEST_DATABASE_URL", db.url())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Running it again is a no-op.
-    let out = harvest(db.dir(), &["migrate"], &[("HARVEST_DATABASE_URL", db.url())]);
+    let out = harvest(
+        db.dir(),
+        &["migrate"],
+        &[("HARVEST_DATABASE_URL", db.url())],
+    );
     assert!(out.status.success());
 
     let out = harvest(
         db.dir(),
-        &["token", "--sub", "org-1", "--role", "organizer", "--role", "admin", "--name", "Hunan Post", "--ttl", "2h"],
+        &[
+            "token",
+            "--sub",
+            "org-1",
+            "--role",
+            "organizer",
+            "--role",
+            "admin",
+            "--name",
+            "Hunan Post",
+            "--ttl",
+            "2h",
+        ],
         &[("HARVEST_JWT_SECRET", "cli-secret")],
     );
     assert!(out.status.success());
@@ -172,7 +229,11 @@ async fn process_migrate_and_token_commands() {
     assert_eq!(user.name, "Hunan Post");
     assert!(user.is_admin());
 
-    let out = harvest(db.dir(), &["token", "--sub", "x", "--role", "emperor"], &[("HARVEST_JWT_SECRET", "s")]);
+    let out = harvest(
+        db.dir(),
+        &["token", "--sub", "x", "--role", "emperor"],
+        &[("HARVEST_JWT_SECRET", "s")],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role"));
 }

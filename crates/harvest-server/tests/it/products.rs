@@ -23,7 +23,10 @@ async fn create_get_and_list_products() {
     r.assert_status(201);
     let p = &r.body;
     assert_eq!(p["owner_id"], "coop-huayuan");
-    assert_eq!(p["title"], "十八洞猕猴桃 Shibadong kiwi", "titles are trimmed");
+    assert_eq!(
+        p["title"], "十八洞猕猴桃 Shibadong kiwi",
+        "titles are trimmed"
+    );
     assert_eq!(p["currency"], "CNY");
     assert_eq!(p["list_price"], 6990);
     assert!(p["created_at"].as_str().unwrap().ends_with('Z'));
@@ -107,19 +110,52 @@ async fn product_input_errors_name_the_field() {
         (json!({"title": "t", "list_price": 1}), "sku"),
         (json!({"sku": "a", "list_price": 1}), "title"),
         (json!({"sku": "a", "title": "t"}), "list_price"),
-        (json!({"sku": "a", "title": "t", "list_price": -1}), "list_price"),
-        (json!({"sku": "a", "title": "t", "list_price": 9007199254740992_i64}), "list_price"),
-        (json!({"sku": "a", "title": "t", "list_price": 1.5}), "list_price"),
-        (json!({"sku": "a", "title": "t", "list_price": "1"}), "list_price"),
-        (json!({"sku": "a", "title": "t", "list_price": 1, "colour": "red"}), "colour"),
+        (
+            json!({"sku": "a", "title": "t", "list_price": -1}),
+            "list_price",
+        ),
+        (
+            json!({"sku": "a", "title": "t", "list_price": 9007199254740992_i64}),
+            "list_price",
+        ),
+        (
+            json!({"sku": "a", "title": "t", "list_price": 1.5}),
+            "list_price",
+        ),
+        (
+            json!({"sku": "a", "title": "t", "list_price": "1"}),
+            "list_price",
+        ),
+        (
+            json!({"sku": "a", "title": "t", "list_price": 1, "colour": "red"}),
+            "colour",
+        ),
         (json!({"sku": 7, "title": "t", "list_price": 1}), "sku"),
         (json!({"sku": "", "title": "t", "list_price": 1}), "sku"),
-        (json!({"sku": "a", "title": "   ", "list_price": 1}), "title"),
-        (json!({"sku": "a", "title": "bell\u{7}", "list_price": 1}), "title"),
-        (json!({"sku": "a", "title": "x".repeat(201), "list_price": 1}), "title"),
-        (json!({"sku": "a", "title": "t", "list_price": 1, "currency": "cny"}), "currency"),
-        (json!({"sku": "a", "title": "t", "list_price": 1, "image_url": "javascript:alert(1)"}), "image_url"),
-        (json!({"sku": "a", "title": "t", "list_price": 1, "origin": null, "unit": 5}), "unit"),
+        (
+            json!({"sku": "a", "title": "   ", "list_price": 1}),
+            "title",
+        ),
+        (
+            json!({"sku": "a", "title": "bell\u{7}", "list_price": 1}),
+            "title",
+        ),
+        (
+            json!({"sku": "a", "title": "x".repeat(201), "list_price": 1}),
+            "title",
+        ),
+        (
+            json!({"sku": "a", "title": "t", "list_price": 1, "currency": "cny"}),
+            "currency",
+        ),
+        (
+            json!({"sku": "a", "title": "t", "list_price": 1, "image_url": "javascript:alert(1)"}),
+            "image_url",
+        ),
+        (
+            json!({"sku": "a", "title": "t", "list_price": 1, "origin": null, "unit": 5}),
+            "unit",
+        ),
     ];
     for (body, field) in cases {
         let r = app.post("/api/v1/products", Some(&s), &body).await;
@@ -147,14 +183,31 @@ async fn product_input_errors_name_the_field() {
 async fn malformed_bodies_and_content_types() {
     let app = spawn_app().await;
     let s = app.streamer("s");
-    for body in [&b"{"[..], b"", b"[1,2]", b"null", b"\xff\xfe", b"{\"sku\":\"a\"} x"] {
+    for body in [
+        &b"{"[..],
+        b"",
+        b"[1,2]",
+        b"null",
+        b"\xff\xfe",
+        b"{\"sku\":\"a\"} x",
+    ] {
         let r = app
-            .raw(Method::POST, "/api/v1/products", Some(&s), Some("application/json"), body.to_vec())
+            .raw(
+                Method::POST,
+                "/api/v1/products",
+                Some(&s),
+                Some("application/json"),
+                body.to_vec(),
+            )
             .await;
         r.assert_error(400, "bad_request");
     }
     let good = br#"{"sku":"a","title":"t","list_price":1}"#.to_vec();
-    for ct in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
         let r = app
             .raw(Method::POST, "/api/v1/products", Some(&s), ct, good.clone())
             .await;
@@ -177,9 +230,12 @@ async fn product_reads_reject_bad_ids_and_parameters() {
     app.get("/api/v1/products/does-not-exist", None)
         .await
         .assert_error(404, "not_found");
-    app.get("/api/v1/products/01a2283d-a686-731c-9bef-ac8219437b7f", None)
-        .await
-        .assert_error(404, "not_found");
+    app.get(
+        "/api/v1/products/01a2283d-a686-731c-9bef-ac8219437b7f",
+        None,
+    )
+    .await
+    .assert_error(404, "not_found");
     for (query, field) in [
         ("limit=0", "limit"),
         ("limit=501", "limit"),

@@ -38,7 +38,9 @@ async fn room_lifecycle_scheduled_live_ended() {
                "active_sale_ids": [], "match_id": null})
     );
 
-    let live = app.post(&format!("/api/v1/rooms/{rid}/start"), Some(&s), &json!({})).await;
+    let live = app
+        .post(&format!("/api/v1/rooms/{rid}/start"), Some(&s), &json!({}))
+        .await;
     live.assert_status(200);
     assert_eq!(live.body["status"], "live");
     assert!(live.body["started_at"].is_string());
@@ -56,11 +58,15 @@ async fn room_lifecycle_scheduled_live_ended() {
         0
     );
 
-    let ended = app.post(&format!("/api/v1/rooms/{rid}/end"), Some(&s), &json!({})).await;
+    let ended = app
+        .post(&format!("/api/v1/rooms/{rid}/end"), Some(&s), &json!({}))
+        .await;
     ended.assert_status(200);
     assert_eq!(ended.body["status"], "ended");
     assert!(ended.body["ended_at"].is_string());
-    let again = app.post(&format!("/api/v1/rooms/{rid}/end"), Some(&s), &json!({})).await;
+    let again = app
+        .post(&format!("/api/v1/rooms/{rid}/end"), Some(&s), &json!({}))
+        .await;
     again.assert_error(409, "invalid_state");
     assert_eq!(again.body["error"]["details"]["status"], "ended");
     app.post(&format!("/api/v1/rooms/{rid}/start"), Some(&s), &json!({}))
@@ -69,10 +75,16 @@ async fn room_lifecycle_scheduled_live_ended() {
 
     // A scheduled room may end without going live.
     let other = app.create_room(&s, "cancelled").await;
-    app.post(&format!("/api/v1/rooms/{}/end", id(&other)), Some(&s), &json!({}))
-        .await
-        .assert_status(200);
-    let mine = app.get("/api/v1/rooms?streamer=official-huayuan&status=ended", None).await;
+    app.post(
+        &format!("/api/v1/rooms/{}/end", id(&other)),
+        Some(&s),
+        &json!({}),
+    )
+    .await
+    .assert_status(200);
+    let mine = app
+        .get("/api/v1/rooms?streamer=official-huayuan&status=ended", None)
+        .await;
     assert_eq!(mine.body["items"].as_array().unwrap().len(), 2);
 }
 
@@ -81,7 +93,9 @@ async fn room_with_products(app: &TestApp, owner: &str, n: usize) -> (String, St
     let room = id(&app.create_room(&token, "bag").await);
     let mut products = Vec::new();
     for i in 0..n {
-        products.push(id(&app.create_product(&token, &format!("{owner}-{i}")).await));
+        products.push(id(&app
+            .create_product(&token, &format!("{owner}-{i}"))
+            .await));
     }
     (token, room, products)
 }
@@ -92,10 +106,15 @@ async fn product_bag_keeps_order_and_ignores_repeats() {
     let (s, room, p) = room_with_products(&app, "s", 3).await;
     let bag = format!("/api/v1/rooms/{room}/products");
     for pid in [&p[2], &p[0], &p[2], &p[1]] {
-        app.post(&bag, Some(&s), &json!({"product_id": pid})).await.assert_status(200);
+        app.post(&bag, Some(&s), &json!({"product_id": pid}))
+            .await
+            .assert_status(200);
     }
     let detail = app.get(&format!("/api/v1/rooms/{room}"), None).await;
-    assert_eq!(detail.body["live"]["product_ids"], json!([p[2], p[0], p[1]]));
+    assert_eq!(
+        detail.body["live"]["product_ids"],
+        json!([p[2], p[0], p[1]])
+    );
 
     let r = app.delete(&format!("{bag}/{}", p[0]), Some(&s)).await;
     r.assert_status(200);
@@ -116,9 +135,13 @@ async fn pinning_requires_the_bag_and_removal_unpins() {
     app.post(&pin, Some(&s), &json!({"product_id": p[0]}))
         .await
         .assert_error(409, "not_in_room");
-    app.post(&format!("/api/v1/rooms/{room}/products"), Some(&s), &json!({"product_id": p[0]}))
-        .await
-        .assert_status(200);
+    app.post(
+        &format!("/api/v1/rooms/{room}/products"),
+        Some(&s),
+        &json!({"product_id": p[0]}),
+    )
+    .await
+    .assert_status(200);
     let r = app.post(&pin, Some(&s), &json!({"product_id": p[0]})).await;
     r.assert_status(200);
     assert_eq!(r.body, json!({"pinned_product_id": p[0]}));
@@ -128,11 +151,16 @@ async fn pinning_requires_the_bag_and_removal_unpins() {
     );
     let r = app.post(&pin, Some(&s), &json!({"product_id": null})).await;
     assert_eq!(r.body, json!({"pinned_product_id": null}));
-    app.post(&pin, Some(&s), &json!({"product_id": p[0]})).await.assert_status(200);
+    app.post(&pin, Some(&s), &json!({"product_id": p[0]}))
+        .await
+        .assert_status(200);
     app.delete(&format!("/api/v1/rooms/{room}/products/{}", p[0]), Some(&s))
         .await
         .assert_status(200);
-    assert!(app.get(&format!("/api/v1/rooms/{room}"), None).await.body["live"]["pinned_product_id"].is_null());
+    assert!(
+        app.get(&format!("/api/v1/rooms/{room}"), None).await.body["live"]["pinned_product_id"]
+            .is_null()
+    );
     // The key is required (null unpins; absent is a mistake).
     let r = app.post(&pin, Some(&s), &json!({})).await;
     r.assert_error(400, "bad_request");
@@ -155,7 +183,9 @@ async fn only_the_owner_changes_a_room_and_only_with_own_products() {
     app.post(&bag, Some(&owner), &json!({"product_id": foreign[0]}))
         .await
         .assert_error(403, "forbidden");
-    let r = app.post(&bag, Some(&owner), &json!({"product_id": "missing"})).await;
+    let r = app
+        .post(&bag, Some(&owner), &json!({"product_id": "missing"}))
+        .await;
     r.assert_error(404, "not_found");
     // An admin may act for the owner, still only with the owner's products.
     let admin = app.admin("root");
@@ -165,9 +195,13 @@ async fn only_the_owner_changes_a_room_and_only_with_own_products() {
     app.post(&bag, Some(&admin), &json!({"product_id": foreign[0]}))
         .await
         .assert_error(403, "forbidden");
-    app.post(&format!("/api/v1/rooms/{room}/start"), Some(&admin), &json!({}))
-        .await
-        .assert_status(200);
+    app.post(
+        &format!("/api/v1/rooms/{room}/start"),
+        Some(&admin),
+        &json!({}),
+    )
+    .await
+    .assert_status(200);
 }
 
 #[tokio::test]
@@ -177,9 +211,18 @@ async fn room_errors_are_precise() {
     for (body, field) in [
         (json!({}), "title"),
         (json!({"title": ""}), "title"),
-        (json!({"title": "t", "scheduled_start": "tomorrow"}), "scheduled_start"),
-        (json!({"title": "t", "playback_url": "rtmp://x/y"}), "playback_url"),
-        (json!({"title": "t", "description": "a\u{0}b"}), "description"),
+        (
+            json!({"title": "t", "scheduled_start": "tomorrow"}),
+            "scheduled_start",
+        ),
+        (
+            json!({"title": "t", "playback_url": "rtmp://x/y"}),
+            "playback_url",
+        ),
+        (
+            json!({"title": "t", "description": "a\u{0}b"}),
+            "description",
+        ),
         (json!({"title": "t", "status": "live"}), "status"),
     ] {
         let r = app.post("/api/v1/rooms", Some(&s), &body).await;
@@ -191,13 +234,21 @@ async fn room_errors_are_precise() {
         .await
         .assert_error(404, "not_found");
     for path in ["start", "end"] {
-        app.post(&format!("/api/v1/rooms/{unknown}/{path}"), Some(&s), &json!({}))
-            .await
-            .assert_error(404, "not_found");
-    }
-    app.post(&format!("/api/v1/rooms/{unknown}/pin"), Some(&s), &json!({"product_id": null}))
+        app.post(
+            &format!("/api/v1/rooms/{unknown}/{path}"),
+            Some(&s),
+            &json!({}),
+        )
         .await
         .assert_error(404, "not_found");
+    }
+    app.post(
+        &format!("/api/v1/rooms/{unknown}/pin"),
+        Some(&s),
+        &json!({"product_id": null}),
+    )
+    .await
+    .assert_error(404, "not_found");
     app.get("/api/v1/rooms?status=open", None)
         .await
         .assert_error(400, "bad_request");

@@ -15,7 +15,11 @@ fn now() -> i64 {
 }
 
 fn sign(header: Value, claims: Value, secret: &[u8]) -> String {
-    let msg = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
+    let msg = format!(
+        "{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    );
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
     mac.update(msg.as_bytes());
     format!("{msg}.{}", B64.encode(mac.finalize().into_bytes()))
@@ -28,15 +32,66 @@ async fn bad_tokens_are_refused_everywhere() {
     let hs = json!({"alg": "HS256", "typ": "JWT"});
     let roles = json!(["streamer"]);
     let cases = vec![
-        ("expired", sign(hs.clone(), json!({"sub": "u", "exp": now() - 60, "roles": roles}), key)),
-        ("not yet valid", sign(hs.clone(), json!({"sub": "u", "exp": now() + 600, "nbf": now() + 60, "roles": roles}), key)),
-        ("wrong secret", sign(hs.clone(), json!({"sub": "u", "exp": now() + 60, "roles": roles}), b"not-the-secret")),
-        ("alg none", format!("{}.{}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#), B64.encode(json!({"sub": "u", "exp": now() + 60, "roles": roles}).to_string()))),
-        ("HS384", sign(json!({"alg": "HS384"}), json!({"sub": "u", "exp": now() + 60, "roles": roles}), key)),
-        ("RS256 header", sign(json!({"alg": "RS256"}), json!({"sub": "u", "exp": now() + 60, "roles": roles}), key)),
-        ("missing sub", sign(hs.clone(), json!({"exp": now() + 60, "roles": roles}), key)),
-        ("missing exp", sign(hs.clone(), json!({"sub": "u", "roles": roles}), key)),
-        ("sub not a string", sign(hs.clone(), json!({"sub": 42, "exp": now() + 60}), key)),
+        (
+            "expired",
+            sign(
+                hs.clone(),
+                json!({"sub": "u", "exp": now() - 60, "roles": roles}),
+                key,
+            ),
+        ),
+        (
+            "not yet valid",
+            sign(
+                hs.clone(),
+                json!({"sub": "u", "exp": now() + 600, "nbf": now() + 60, "roles": roles}),
+                key,
+            ),
+        ),
+        (
+            "wrong secret",
+            sign(
+                hs.clone(),
+                json!({"sub": "u", "exp": now() + 60, "roles": roles}),
+                b"not-the-secret",
+            ),
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                B64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+                B64.encode(json!({"sub": "u", "exp": now() + 60, "roles": roles}).to_string())
+            ),
+        ),
+        (
+            "HS384",
+            sign(
+                json!({"alg": "HS384"}),
+                json!({"sub": "u", "exp": now() + 60, "roles": roles}),
+                key,
+            ),
+        ),
+        (
+            "RS256 header",
+            sign(
+                json!({"alg": "RS256"}),
+                json!({"sub": "u", "exp": now() + 60, "roles": roles}),
+                key,
+            ),
+        ),
+        (
+            "missing sub",
+            sign(hs.clone(), json!({"exp": now() + 60, "roles": roles}), key),
+        ),
+        (
+            "missing exp",
+            sign(hs.clone(), json!({"sub": "u", "roles": roles}), key),
+        ),
+        (
+            "sub not a string",
+            sign(hs.clone(), json!({"sub": 42, "exp": now() + 60}), key),
+        ),
         ("garbage", "garbage".to_owned()),
         ("three dots of garbage", "a.b.c".to_owned()),
     ];
@@ -48,7 +103,12 @@ async fn bad_tokens_are_refused_everywhere() {
         assert_eq!(r.error_code(), Some("unauthorized"), "{what}");
         // A public route refuses a bad token too rather than silently ignoring it.
         let r = app.get("/api/v1/rooms/x", Some(token)).await;
-        assert_eq!(r.status.as_u16(), 401, "{what} on a public route: {}", r.text);
+        assert_eq!(
+            r.status.as_u16(),
+            401,
+            "{what} on a public route: {}",
+            r.text
+        );
     }
     // Wrong scheme and missing header.
     let r = app
@@ -65,11 +125,19 @@ async fn bad_tokens_are_refused_everywhere() {
         .assert_error(401, "unauthorized");
 
     // Unknown roles are ignored; a hand-made valid token works.
-    let ok = sign(hs.clone(), json!({"sub": "u", "exp": now() + 60, "roles": ["streamer", "emperor"], "name": "李四"}), key);
+    let ok = sign(
+        hs.clone(),
+        json!({"sub": "u", "exp": now() + 60, "roles": ["streamer", "emperor"], "name": "李四"}),
+        key,
+    );
     app.post("/api/v1/rooms", Some(&ok), &json!({"title": "t"}))
         .await
         .assert_status(201);
-    let only_unknown = sign(hs, json!({"sub": "u", "exp": now() + 60, "roles": ["emperor"]}), key);
+    let only_unknown = sign(
+        hs,
+        json!({"sub": "u", "exp": now() + 60, "roles": ["emperor"]}),
+        key,
+    );
     app.post("/api/v1/rooms", Some(&only_unknown), &json!({"title": "t"}))
         .await
         .assert_error(403, "forbidden");
