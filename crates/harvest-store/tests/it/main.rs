@@ -1,0 +1,224 @@
+//! The store's conformance suite: the same behaviour checked on whichever backend the
+//! environment selects (`HARVEST_TEST_BACKEND`: SQLite by default, PostgreSQL in the
+//! servers pass of the test command), so both backends pass the same tests.
+
+use std::time::Duration;
+
+use harvest_proto::RoomStatus;
+use harvest_store::{
+    Backend, NewProduct, NewRoom, PageRequest, ProductFilter, RoomFilter, Store, StoreError,
+    StoreOptions,
+};
+use harvest_testkit::{TestBackend, TestDatabase};
+
+async fn store() -> (Store, TestDatabase) {
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let expected = match TestBackend::from_env() {
+        TestBackend::Embedded => Backend::Sqlite,
+        TestBackend::Servers => Backend::Postgres,
+    };
+    assert_eq!(store.backend(), expected);
+    (store, db)
+}
+
+fn product(owner: &str, sku: &str, title: &str) -> NewProduct {
+    NewProduct {
+        owner_id: owner.into(),
+        sku: sku.into(),
+        title: title.into(),
+        origin: Some("Mayang, Hunan".into()),
+        unit: None,
+        list_price: 3990,
+        currency: "CNY".into(),
+        image_url: None,
+    }
+}
+
+fn room(streamer: &str) -> NewRoom {
+    NewRoom {
+        streamer_id: streamer.into(),
+        title: "live".into(),
+        description: None,
+        scheduled_start: None,
+        playback_url: None,
+    }
+}
+
+fn page(limit: u32) -> PageRequest {
+    PageRequest { after: None, limit }
+}
+
+#[tokio::test]
+async fn products_round_trip_exactly() {
+    let (store, _db) = store().await;
+    let created = store.create_product(product("o", "orange", "冰糖橙 Rock-sugar orange")).await.unwrap();
+    let read = store.product(&created.id).await.unwrap();
+    assert_eq!(read, created);
+    assert_eq!(read.origin.as_deref(), Some("Mayang, Hunan"));
+    assert!(matches!(store.product("missing").await, Err(StoreError::NotFound)));
+}
+
+#[tokio::test]
+async fn skus_are_unique_per_owner() {
+    let (store, _db) = store().await;
+    store.create_product(product("a", "sku", "x")).await.unwrap();
+    store.create_product(product("b", "sku", "x")).await.unwrap();
+    assert!(matches!(
+        store.create_product(product("a", "sku", "y")).await,
+        Err(StoreError::DuplicateSku)
+    ));
+}
+
+#[tokio::test]
+async fn product_search_is_case_insensitive_and_literal() {
+    let (store, _db) = store().await;
+    store.create_product(product("a", "KIWI-1", "Shibadong Kiwi")).await.unwrap();
+    store.create_product(product("a", "peach", "Yanling 黄桃 peach")).await.unwrap();
+    store.create_product(product("b", "p_50%", "Hanshou greens")).await.unwrap();
+    let search = |q: &str| ProductFilter { owner_id: None, query: Some(q.into()) };
+    let count = |f: ProductFilter| {
+        let store = store.clone();
+        async move { store.list_products(&f, &page(50)).await.unwrap().items.len() }
+    };
+    assert_eq!(count(search("kiwi")).await, 1);
+    assert_eq!(count(search("KIWI")).await, 1);
+    assert_eq!(count(search("黄桃")).await, 1);
+    assert_eq!(count(search("50%")).await, 1);
+    assert_eq!(count(search("p_")).await, 1, "underscore is literal");
+    assert_eq!(count(search("%")).await, 1, "percent is literal");
+    assert_eq!(
+        count(ProductFilter { owner_id: Some("a".into()), query: None }).await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn pages_walk_every_item_once_in_creation_order() {
+    let (store, _db) = store().await;
+    let mut ids = Vec::new();
+    for i in 0..11 {
+        ids.push(store.create_product(product("o", &format!("s{i}"), "t")).await.unwrap().id);
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let p = store
+            .list_products(&ProductFilter::default(), &PageRequest { after: after.clone(), limit: 4 })
+            .await
+            .unwrap();
+        seen.extend(p.items.into_iter().map(|p| p.id));
+        match p.next_cursor {
+            Some(c) => after = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+}
+
+#[tokio::test]
+async fn room_transitions_are_atomic_and_checked() {
+    let (store, _db) = store().await;
+    let r = store.create_room(room("s")).await.unwrap();
+    assert_eq!(r.status, RoomStatus::Scheduled);
+    assert!(matches!(store.start_room("missing").await, Err(StoreError::NotFound)));
+    // Many concurrent starts: exactly one wins.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        let id = r.id.clone();
+        tasks.push(tokio::spawn(async move { store.start_room(&id).await }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(room) => {
+                won += 1;
+                assert_eq!(room.status, RoomStatus::Live);
+                assert!(room.started_at.is_some());
+            }
+            Err(StoreError::InvalidState(RoomStatus::Live)) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    let ended = store.end_room(&r.id).await.unwrap();
+    assert_eq!(ended.status, RoomStatus::Ended);
+    assert!(ended.ended_at.unwrap() >= ended.started_at.unwrap());
+    assert!(matches!(store.end_room(&r.id).await, Err(StoreError::InvalidState(RoomStatus::Ended))));
+    assert!(matches!(store.start_room(&r.id).await, Err(StoreError::InvalidState(RoomStatus::Ended))));
+    let live = store
+        .list_rooms(&RoomFilter { status: Some(RoomStatus::Ended), streamer_id: Some("s".into()) }, &page(10))
+        .await
+        .unwrap();
+    assert_eq!(live.items.len(), 1);
+}
+
+#[tokio::test]
+async fn bag_and_pin_stay_consistent() {
+    let (store, _db) = store().await;
+    let r = store.create_room(room("s")).await.unwrap();
+    let p: Vec<String> = {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            v.push(store.create_product(product("s", &format!("p{i}"), "t")).await.unwrap().id);
+        }
+        v
+    };
+    assert!(matches!(
+        store.set_pinned_product(&r.id, Some(&p[0])).await,
+        Err(StoreError::NotInRoom)
+    ));
+    // Concurrent adds of the same product add it once.
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (store, rid, pid) = (store.clone(), r.id.clone(), p[1].clone());
+        tasks.push(tokio::spawn(async move { store.add_room_product(&rid, &pid).await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    store.add_room_product(&r.id, &p[0]).await.unwrap();
+    assert_eq!(store.room_products(&r.id).await.unwrap(), vec![p[1].clone(), p[0].clone()]);
+    assert_eq!(store.set_pinned_product(&r.id, Some(&p[0])).await.unwrap(), Some(p[0].clone()));
+    assert_eq!(store.pinned_product(&r.id).await.unwrap(), Some(p[0].clone()));
+    // Removing another product keeps the pin; removing the pinned one clears it.
+    store.remove_room_product(&r.id, &p[1]).await.unwrap();
+    assert_eq!(store.pinned_product(&r.id).await.unwrap(), Some(p[0].clone()));
+    assert_eq!(store.remove_room_product(&r.id, &p[0]).await.unwrap(), Vec::<String>::new());
+    assert_eq!(store.pinned_product(&r.id).await.unwrap(), None);
+    assert!(matches!(store.remove_room_product(&r.id, &p[0]).await, Err(StoreError::NotInRoom)));
+    assert!(matches!(store.set_pinned_product("missing", None).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.pinned_product("missing").await, Err(StoreError::NotFound)));
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent() {
+    let (store, _db) = store().await;
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_unavailable_not_a_hang() {
+    // A port nothing listens on: connecting fails fast and says "unavailable".
+    let port = harvest_testkit::free_port();
+    let started = std::time::Instant::now();
+    let result = Store::connect(
+        &format!("postgres://postgres@127.0.0.1:{port}/none"),
+        StoreOptions { max_connections: 2, timeout: Duration::from_millis(500) },
+    )
+    .await;
+    let err = result.expect_err("nothing listens there");
+    assert!(err.is_unavailable(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_closed_store_reports_unavailable() {
+    let (store, _db) = store().await;
+    store.close().await;
+    let err = store.ping().await.expect_err("closed");
+    assert!(err.is_unavailable(), "{err}");
+}
