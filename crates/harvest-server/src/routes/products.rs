@@ -18,20 +18,42 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct CreateProduct {
     /// Stock-keeping unit, unique per owner (1–64 characters).
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub sku: String,
     /// 1–200 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub title: String,
-    /// Where it comes from, e.g. a county.
+    /// Where it comes from, e.g. a county (up to 100 characters).
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub origin: Option<String>,
-    /// Selling unit, e.g. "box of 12".
+    /// Selling unit, e.g. "box of 12" (up to 32 characters).
+    #[schema(
+        min_length = 1,
+        max_length = 32,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub unit: Option<String>,
     /// List price in minor units (fen).
     #[serde(deserialize_with = "safe_uint")]
     #[schema(minimum = 0, maximum = 9007199254740991_i64)]
     pub list_price: i64,
     /// Three upper-case letters; default `CNY`.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
     /// An http(s) URL.
+    #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#]+[^\s]*$")]
     pub image_url: Option<String>,
 }
 
@@ -48,6 +70,7 @@ pub struct ProductQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[A-Za-z0-9_-]*$")]
     pub cursor: Option<String>,
 }
 

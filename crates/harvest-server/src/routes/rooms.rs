@@ -21,12 +21,23 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct CreateRoom {
     /// 1–200 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub title: String,
     /// Up to 2,000 characters; line breaks allowed.
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+    )]
     pub description: Option<String>,
     /// When the stream is announced to start (RFC 3339).
     pub scheduled_start: Option<DateTime<Utc>>,
     /// Where players fetch the video (e.g. an HLS address); an http(s) URL.
+    #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#]+[^\s]*$")]
     pub playback_url: Option<String>,
 }
 
@@ -44,6 +55,7 @@ pub struct RoomQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[A-Za-z0-9_-]*$")]
     pub cursor: Option<String>,
 }
 
@@ -127,7 +139,7 @@ pub async fn list_rooms(
     let paging = Paging::new(query.limit, query.cursor)?;
     let status =
         match query.status.as_deref() {
-            None | Some("") => None,
+            None => None,
             Some(s) => Some(RoomStatus::parse(s).ok_or_else(|| {
                 ApiError::field("status", "status must be scheduled, live or ended")
             })?),
