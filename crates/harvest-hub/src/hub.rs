@@ -142,13 +142,9 @@ impl Hub {
         &self.inner.config
     }
 
-    /// The room's channel, created on first use with `epoch` and `last_seq` from
-    /// `init` (called only when the room is not yet open on this node).
-    pub fn room_with(
-        &self,
-        room_id: &str,
-        init: impl FnOnce() -> (String, u64),
-    ) -> Arc<RoomChannel> {
+    /// The room's channel, created on first use from `init` (called only when the room
+    /// is not yet open on this node).
+    pub fn room_with(&self, room_id: &str, init: impl FnOnce() -> RoomInit) -> Arc<RoomChannel> {
         if let Some(room) = self.inner.rooms.get(room_id) {
             return room.clone();
         }
@@ -157,12 +153,10 @@ impl Hub {
             .rooms
             .entry(room_id.to_owned())
             .or_insert_with(|| {
-                let (epoch, last_seq) = init();
                 metrics::gauge!("harvest_rooms").increment(1.0);
                 Arc::new(RoomChannel::new(
                     room_id,
-                    epoch,
-                    last_seq,
+                    init(),
                     Retention {
                         events: self.inner.config.history_events,
                         age: self.inner.config.history_age,
@@ -175,7 +169,7 @@ impl Hub {
 
     /// The room's channel, created with a fresh epoch when it is not open yet.
     pub fn room(&self, room_id: &str) -> Arc<RoomChannel> {
-        self.room_with(room_id, || (new_epoch(), 0))
+        self.room_with(room_id, RoomInit::fresh)
     }
 
     /// The room's channel if it is open on this node.
@@ -332,6 +326,27 @@ impl Drop for Admission {
         {
             hub.connections.fetch_sub(1, Ordering::Relaxed);
             metrics::gauge!("harvest_ws_connections").decrement(1.0);
+        }
+    }
+}
+
+/// Where a room's log starts when it opens on this node: a stored epoch and position
+/// with the recent history, or a fresh epoch.
+#[derive(Debug, Default)]
+pub struct RoomInit {
+    pub epoch: String,
+    pub last_seq: u64,
+    /// Recent room events of this epoch, in seq order, to serve recovery.
+    pub history: Vec<Arc<Encoded>>,
+}
+
+impl RoomInit {
+    /// A new epoch with no events.
+    pub fn fresh() -> Self {
+        Self {
+            epoch: new_epoch(),
+            last_seq: 0,
+            history: Vec::new(),
         }
     }
 }

@@ -29,7 +29,8 @@ mod queue;
 mod room;
 
 pub use hub::{
-    Admission, Hub, HubConfig, HubStats, Joined, Refusal, RoomStats, SessionGuard, new_epoch,
+    Admission, Hub, HubConfig, HubStats, Joined, Refusal, RoomInit, RoomStats, SessionGuard,
+    new_epoch,
 };
 pub use queue::{CLOSE_TOO_SLOW, Frame, Session, SessionId};
 pub use room::RoomChannel;
@@ -100,6 +101,17 @@ pub struct Encoded {
 }
 
 impl Encoded {
+    /// An event already encoded in both encodings (e.g. read back from the log).
+    pub fn from_parts(lane: Lane, seq: Option<u64>, ts: i64, json: Bytes, protobuf: Bytes) -> Self {
+        Self {
+            lane,
+            seq,
+            ts,
+            json,
+            protobuf,
+        }
+    }
+
     /// Encodes `event` in both encodings.
     pub fn new(lane: Lane, seq: Option<u64>, ts: i64, event: &dyn Encode) -> Self {
         Self {

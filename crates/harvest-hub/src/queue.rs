@@ -148,6 +148,12 @@ impl Session {
         Pushed::Queued
     }
 
+    /// Queues an event for this session alone (an `error` or `pong`) on the lossless
+    /// lane.
+    pub fn push(&self, event: Arc<Encoded>) {
+        self.push_lossless(event);
+    }
+
     /// Queues a social event by its kind's rule.
     pub(crate) fn push_social(&self, event: Arc<Encoded>, kind: SocialKind) -> Pushed {
         let mut st = self.state.lock();

@@ -53,17 +53,21 @@ pub(crate) struct Fanout {
 impl RoomChannel {
     pub(crate) fn new(
         id: &str,
-        epoch: String,
-        last_seq: u64,
+        init: crate::RoomInit,
         retention: Retention,
         chat_cap: u32,
     ) -> Self {
+        let history = init
+            .history
+            .into_iter()
+            .filter(|e| e.seq.is_some_and(|s| s <= init.last_seq))
+            .collect();
         Self {
             id: id.to_owned(),
             log: Mutex::new(Log {
-                epoch,
-                last_seq,
-                history: VecDeque::new(),
+                epoch: init.epoch,
+                last_seq: init.last_seq,
+                history,
             }),
             sessions: RwLock::new(HashMap::new()),
             retention,
