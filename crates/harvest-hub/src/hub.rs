@@ -110,6 +110,7 @@ impl Drop for SessionGuard {
 
 struct Inner {
     config: HubConfig,
+    bus: Arc<dyn crate::Bus>,
     framing: Arc<dyn Framing>,
     rooms: DashMap<String, Arc<RoomChannel>>,
     users: DashMap<String, Vec<Weak<Session>>>,
@@ -124,11 +125,22 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// A hub on the single-node [`crate::LocalBus`].
     pub fn new(config: HubConfig, framing: Arc<dyn Framing>) -> Self {
+        Self::with_bus(config, framing, Arc::new(crate::LocalBus))
+    }
+
+    /// A hub whose room events go through `bus`.
+    pub fn with_bus(
+        config: HubConfig,
+        framing: Arc<dyn Framing>,
+        bus: Arc<dyn crate::Bus>,
+    ) -> Self {
         describe_metrics();
         Self {
             inner: Arc::new(Inner {
                 config,
+                bus,
                 framing,
                 rooms: DashMap::new(),
                 users: DashMap::new(),
@@ -251,26 +263,21 @@ impl Hub {
         }
     }
 
-    /// Appends a room event to a room (opening the room if needed) and delivers it.
-    pub fn publish(&self, room_id: &str, event: &dyn Encode) -> Arc<Encoded> {
+    /// Appends a room event to a room (opening the room if needed) through the bus, which
+    /// assigns its `seq` and delivers it.
+    pub async fn publish(
+        &self,
+        room_id: &str,
+        event: &dyn Encode,
+    ) -> Result<Arc<Encoded>, crate::BusError> {
         let room = self.room(room_id);
-        let (encoded, fanout) = room.publish(event);
-        record(Lane::Room, 1, fanout);
-        encoded
+        self.inner.bus.append(&room, event).await
     }
 
-    /// Delivers a social event to a room's sessions on this node.
+    /// Delivers a social event to a room's sessions through the bus.
     pub fn social(&self, room_id: &str, kind: SocialKind, event: &dyn Encode) {
         if let Some(room) = self.existing_room(room_id) {
-            match room.social(kind, event) {
-                Some(fanout) => record(Lane::Social, 1, fanout),
-                None => {
-                    metrics::counter!("harvest_events_published_total", "lane" => "social")
-                        .increment(1);
-                    metrics::counter!("harvest_events_dropped_total", "lane" => "social")
-                        .increment(room.viewers() as u64);
-                }
-            }
+            self.inner.bus.social(&room, kind, event);
         }
     }
 
@@ -356,7 +363,7 @@ pub fn new_epoch() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
-fn record(lane: Lane, published: u64, f: Fanout) {
+pub(crate) fn record(lane: Lane, published: u64, f: Fanout) {
     let lane = lane.as_str();
     metrics::counter!("harvest_events_published_total", "lane" => lane).increment(published);
     if f.dropped > 0 {

@@ -20,14 +20,20 @@
 //! the session and reading the replay happen under the room lock, so no event falls in
 //! between.
 //!
+//! **The bus.** Where a room event gets its `seq` and how it reaches the other nodes
+//! serving the room is the [`Bus`]'s business: [`LocalBus`] appends to the room's
+//! in-memory log on this node; a networked bus appends where every node can read.
+//!
 //! **Writers.** Each session's socket task calls [`Session::next_frame`], which waits
 //! for work and returns one frame: a single event, or a batch of everything pending when
 //! the connection has a backlog. A slow socket only ever delays itself.
 
+mod bus;
 mod hub;
 mod queue;
 mod room;
 
+pub use bus::{Bus, BusError, LocalBus};
 pub use hub::{
     Admission, Hub, HubConfig, HubStats, Joined, Refusal, RoomInit, RoomStats, SessionGuard,
     new_epoch,
@@ -87,6 +93,12 @@ pub trait Encode: Send + Sync {
 pub trait Framing: Send + Sync + 'static {
     /// One frame holding `events` (at least one).
     fn frame(&self, encoding: Encoding, events: &[Bytes]) -> Bytes;
+
+    /// Whether a single event is also wrapped by [`Framing::frame`] in this encoding
+    /// (otherwise it goes out as it is).
+    fn wraps_single(&self, _encoding: Encoding) -> bool {
+        false
+    }
 }
 
 /// One event, encoded once per encoding and shared by every session.

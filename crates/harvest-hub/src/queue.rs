@@ -50,6 +50,8 @@ struct State {
     /// Nothing is sent until the caller has put the welcome in front.
     started: bool,
     closing: Option<u16>,
+    /// Close with this code once what is queued has been sent.
+    finishing: Option<u16>,
 }
 
 /// One WebSocket connection to a room.
@@ -128,7 +130,7 @@ impl Session {
     /// backlog would pass its byte limit.
     pub(crate) fn push_lossless(&self, event: Arc<Encoded>) -> Pushed {
         let mut st = self.state.lock();
-        if st.closing.is_some() {
+        if st.closing.is_some() || st.finishing.is_some() {
             return Pushed::Closed;
         }
         let cost = event.cost();
@@ -157,7 +159,7 @@ impl Session {
     /// Queues a social event by its kind's rule.
     pub(crate) fn push_social(&self, event: Arc<Encoded>, kind: SocialKind) -> Pushed {
         let mut st = self.state.lock();
-        if st.closing.is_some() {
+        if st.closing.is_some() || st.finishing.is_some() {
             return Pushed::Closed;
         }
         let outcome = match kind {
@@ -184,6 +186,17 @@ impl Session {
         let mut st = self.state.lock();
         if st.closing.is_none() {
             st.closing = Some(code);
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Sends what is already queued, then closes with `code`; nothing queued later is
+    /// sent.
+    pub fn finish(&self, code: u16) {
+        let mut st = self.state.lock();
+        if st.finishing.is_none() {
+            st.finishing = Some(code);
         }
         drop(st);
         self.notify.notify_one();
@@ -247,9 +260,10 @@ impl Session {
         {
             events.push(ev);
         }
+        let finishing = st.finishing;
         drop(st);
         if events.is_empty() {
-            return None;
+            return finishing.map(Frame::Close);
         }
         let mut counts = [0u32; 3];
         for ev in &events {
@@ -259,7 +273,7 @@ impl Session {
                 Lane::Private => 2,
             }] += 1;
         }
-        let bytes = if events.len() == 1 {
+        let bytes = if events.len() == 1 && !self.framing.wraps_single(self.encoding) {
             events[0].bytes(self.encoding).clone()
         } else {
             let parts: Vec<Bytes> = events

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 pub const DEFAULT_CURRENCY: &str = "CNY";
 
 /// A product a streamer sells; prices are integer minor units (fen for CNY).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Product {
     pub id: String,
     pub owner_id: String,
@@ -21,9 +21,10 @@ pub struct Product {
 }
 
 /// Lifecycle of a room: `scheduled → live → ended`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoomStatus {
+    #[default]
     Scheduled,
     Live,
     Ended,
@@ -50,7 +51,7 @@ impl RoomStatus {
 
 /// A live-stream room. Harvest does not carry video: `playback_url` says where players
 /// fetch it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Room {
     pub id: String,
     pub title: String,

@@ -24,7 +24,7 @@ use crate::error::{ApiError, code_for_status};
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
 use crate::redis_check::RedisCheck;
-use crate::routes::{ops, products, rooms};
+use crate::routes::{live, ops, products, rooms};
 use crate::state::AppState;
 
 /// Connects and migrates the store, prepares auth and the Redis check.
@@ -55,13 +55,33 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         })
         .transpose()
         .context("invalid redis_url")?;
+    let live = crate::live::Live::start(&settings, store.clone());
+    live.spawn_presence();
+    spawn_event_retention(store.clone(), settings.event_retention_days);
     Ok(AppState::new(
         Arc::new(settings),
         store,
         Authenticator::new(secret.expose().as_bytes()).context("invalid jwt_secret")?,
         redis,
         Metrics::global(),
+        live,
     ))
+}
+
+/// Prunes room events older than the retention, hourly.
+fn spawn_event_retention(store: Store, days: u64) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let horizon = harvest_hub::now_ms() - (days as i64) * 86_400_000;
+            match store.prune_room_events(horizon).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pruned = n, "pruned old room events"),
+                Err(e) => tracing::warn!(error = %e, "pruning room events failed"),
+            }
+        }
+    });
 }
 
 /// The OpenAPI document and the router of every endpoint, with its middleware.
@@ -115,6 +135,12 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(rooms::add_room_product))
         .routes(routes!(rooms::remove_room_product))
         .routes(routes!(rooms::pin_product))
+        .routes(routes!(live::room_events))
+        .routes(routes!(live::room_stats))
+        .routes(routes!(live::mute))
+        .routes(routes!(live::ban))
+        .routes(routes!(live::delete_chat))
+        .routes(routes!(crate::live::ws::ws_room))
 }
 
 /// The OpenAPI document alone.
@@ -125,6 +151,23 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The edge of every request: a deadline, and a JSON error body for every failure
 /// produced outside the handlers (routing, rejections, limits, panics).
 async fn edge(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    // No id, filter or text the API knows can hold a NUL character.
+    let uri = req.uri();
+    if uri.path().contains("%00") {
+        return ApiError::new(
+            harvest_proto::ErrorCode::BadRequest,
+            "the path must not contain NUL characters",
+        )
+        .into_response();
+    }
+    if let Some(query) = uri.query().filter(|q| q.contains("%00")) {
+        let field = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+            .map(|(k, _)| k.into_owned())
+            .unwrap_or_default();
+        return ApiError::field(&field, format!("{field} must not contain NUL characters"))
+            .into_response();
+    }
     let response = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {
@@ -198,6 +241,8 @@ pub async fn serve(
             state.begin_shutdown();
             tracing::info!("shutdown requested: readiness is off");
             tokio::time::sleep(delay).await;
+            // WebSocket clients reconnect elsewhere with `since`.
+            state.live.close();
             tracing::info!("no longer accepting connections; draining");
             draining.notify_one();
         }
@@ -210,6 +255,9 @@ pub async fn serve(
             tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish in time");
             server.abort();
         }
+    }
+    if !state.live.flush(Duration::from_secs(1)).await {
+        tracing::warn!("room events not yet in SQL at shutdown");
     }
     state.store.close().await;
     tracing::info!("stopped");

@@ -206,6 +206,11 @@ impl Authenticator {
         if claims.sub.trim().is_empty() {
             return Err(AuthError::Invalid("sub is empty".into()));
         }
+        if claims.sub.len() > 256 || claims.sub.chars().any(char::is_control) {
+            return Err(AuthError::Invalid(
+                "sub must be at most 256 bytes without control characters".into(),
+            ));
+        }
         let mut roles = Vec::new();
         for role in claims
             .roles
@@ -217,7 +222,10 @@ impl Authenticator {
                 roles.push(role);
             }
         }
-        let name = claims.name.filter(|n| !n.trim().is_empty());
+        let name = claims
+            .name
+            .map(|n| n.chars().filter(|c| !c.is_control()).collect::<String>())
+            .filter(|n| !n.trim().is_empty());
         Ok(User::new(claims.sub, name, roles))
     }
 
@@ -379,6 +387,14 @@ mod tests {
                 sign(
                     hs256(),
                     serde_json::json!({"sub": " ", "exp": now() + 60}),
+                    secret,
+                ),
+            ),
+            (
+                "NUL in sub",
+                sign(
+                    hs256(),
+                    serde_json::json!({"sub": "a\u{0}b", "exp": now() + 60}),
                     secret,
                 ),
             ),

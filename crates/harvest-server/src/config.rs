@@ -131,6 +131,30 @@ pub struct Settings {
     pub shutdown_delay_ms: u64,
     /// Longest wait for in-flight requests to finish during shutdown.
     pub shutdown_grace_s: u64,
+    /// Room events kept in memory per room for recovery (with `history_age_s`,
+    /// whichever retains more).
+    pub history_events: usize,
+    pub history_age_s: u64,
+    /// Days the SQL room event log keeps events.
+    pub event_retention_days: u64,
+    /// A connection's lossless outbound queue limit in bytes (past it: close 4008).
+    pub ws_outbound_queue_bytes: usize,
+    /// WebSocket read and write buffer sizes per connection, in bytes.
+    pub ws_read_buffer_bytes: usize,
+    pub ws_write_buffer_bytes: usize,
+    /// Most open WebSocket connections on this node (past it: close 4029).
+    pub max_connections: usize,
+    /// Most new WebSocket connections per second on this node (past it: close 4029).
+    pub new_connections_per_s: u32,
+    /// Chat messages per second each viewer receives; a busier room is sampled.
+    pub chat_per_viewer_per_s: u32,
+    /// Chat messages a user may send per second, and the burst allowed.
+    pub chat_per_user_per_s: u32,
+    pub chat_burst: u32,
+    /// Longest chat message, in Unicode code points after trimming.
+    pub chat_max_chars: usize,
+    /// `like` frames a connection may send per second.
+    pub likes_per_connection_per_s: u32,
 }
 
 impl Default for Settings {
@@ -156,6 +180,19 @@ impl Default for Settings {
             redis_timeout_ms: 1000,
             shutdown_delay_ms: 500,
             shutdown_grace_s: 8,
+            history_events: 1000,
+            history_age_s: 600,
+            event_retention_days: 30,
+            ws_outbound_queue_bytes: 1024 * 1024,
+            ws_read_buffer_bytes: 4096,
+            ws_write_buffer_bytes: 4096,
+            max_connections: 200_000,
+            new_connections_per_s: 5_000,
+            chat_per_viewer_per_s: 20,
+            chat_per_user_per_s: 1,
+            chat_burst: 5,
+            chat_max_chars: 200,
+            likes_per_connection_per_s: 10,
         }
     }
 }
@@ -190,6 +227,19 @@ const KEYS: &[(&str, Kind)] = &[
     ("redis_timeout_ms", Kind::Int),
     ("shutdown_delay_ms", Kind::Int),
     ("shutdown_grace_s", Kind::Int),
+    ("history_events", Kind::Int),
+    ("history_age_s", Kind::Int),
+    ("event_retention_days", Kind::Int),
+    ("ws_outbound_queue_bytes", Kind::Int),
+    ("ws_read_buffer_bytes", Kind::Int),
+    ("ws_write_buffer_bytes", Kind::Int),
+    ("max_connections", Kind::Int),
+    ("new_connections_per_s", Kind::Int),
+    ("chat_per_viewer_per_s", Kind::Int),
+    ("chat_per_user_per_s", Kind::Int),
+    ("chat_burst", Kind::Int),
+    ("chat_max_chars", Kind::Int),
+    ("likes_per_connection_per_s", Kind::Int),
 ];
 
 /// Settings given as command-line flags (the top layer).

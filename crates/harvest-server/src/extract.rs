@@ -36,7 +36,55 @@ where
                 ApiError::new(ErrorCode::BadRequest, "could not read the request body")
             }
         })?;
+        reject_nul(&bytes)?;
         parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Refuses a JSON document that holds a NUL character in any string: no text the API
+/// stores may contain one (PostgreSQL cannot store it). A NUL can only appear escaped
+/// (`\u0000`), so a cheap scan finds candidates and a walk names the field.
+fn reject_nul(bytes: &[u8]) -> Result<(), ApiError> {
+    if !bytes.windows(6).any(|w| w == b"\\u0000") {
+        return Ok(());
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Ok(()); // malformed: the parser reports it
+    };
+    match nul_path(&value, String::new()) {
+        Some(path) => {
+            let mut e = ApiError::new(
+                ErrorCode::BadRequest,
+                "text must not contain NUL characters",
+            );
+            if !path.is_empty() {
+                e = e.detail("field", path);
+            }
+            Err(e)
+        }
+        None => Ok(()),
+    }
+}
+
+fn nul_path(value: &serde_json::Value, path: String) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(path),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_path(v, format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                return Some(path.clone());
+            }
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            nul_path(v, p)
+        }),
+        _ => None,
     }
 }
 
@@ -296,6 +344,15 @@ mod tests {
             let err = Paging::new(Some(bad.into()), None).unwrap_err();
             assert_eq!(err.details["field"], "limit");
         }
+    }
+
+    #[test]
+    fn nul_characters_are_refused_with_their_field() {
+        let err = reject_nul(br#"{"a":{"b":["x","y\u0000"]}}"#).unwrap_err();
+        assert_eq!(err.details["field"], "a.b[1]");
+        // An escaped backslash followed by `u0000` is plain text, not a NUL.
+        assert!(reject_nul(br#"{"a":"\\u0000 is text"}"#).is_ok());
+        assert!(reject_nul(br#"{"a":"fine"}"#).is_ok());
     }
 
     #[test]

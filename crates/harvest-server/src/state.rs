@@ -18,6 +18,7 @@ pub struct AppState {
     pub auth: Authenticator,
     pub redis: Option<RedisCheck>,
     pub metrics: crate::metrics::Metrics,
+    pub live: crate::live::Live,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -28,6 +29,7 @@ impl AppState {
         auth: Authenticator,
         redis: Option<RedisCheck>,
         metrics: crate::metrics::Metrics,
+        live: crate::live::Live,
     ) -> Self {
         Self {
             settings,
@@ -35,6 +37,7 @@ impl AppState {
             auth,
             redis,
             metrics,
+            live,
             shutting_down: Arc::new(AtomicBool::new(false)),
         }
     }

@@ -11,11 +11,14 @@
 //! [`StoreError::Unavailable`], never a hung request.
 
 mod error;
+mod events;
+mod moderation;
 mod products;
 mod rooms;
 mod store;
 
 pub use error::StoreError;
+pub use events::RoomEventRecord;
 pub use products::{NewProduct, ProductFilter};
 pub use rooms::{NewRoom, RoomFilter};
 pub use store::{Backend, Store, StoreOptions};

@@ -10,6 +10,7 @@
 
 mod database;
 mod process;
+mod ws;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use serde_json::Value;
 pub use database::{TestBackend, TestDatabase};
 pub use process::{HarvestProcess, free_port};
 pub use reqwest::StatusCode;
+pub use ws::{WsClient, WsItem};
 
 /// A running server and what a test needs to talk to it.
 pub struct TestApp {
@@ -33,7 +35,7 @@ pub struct TestApp {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     // Dropped last: the database outlives the server.
-    _database: TestDatabase,
+    database: Option<TestDatabase>,
 }
 
 /// The JWT secret every test server uses.
@@ -46,7 +48,14 @@ pub async fn spawn_app() -> TestApp {
 
 /// Like [`spawn_app`], letting the test adjust the settings first.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let database = TestDatabase::create().await;
+    spawn_app_on(TestDatabase::create().await, configure).await
+}
+
+/// Starts a server on an existing test database (e.g. one a stopped server used).
+pub async fn spawn_app_on(
+    database: TestDatabase,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = base_settings(&database);
     configure(&mut settings);
     let state = harvest_server::build_state(settings)
@@ -72,7 +81,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         auth,
         shutdown: Some(tx),
         server: Some(server),
-        _database: database,
+        database: Some(database),
     }
 }
 
@@ -259,6 +268,13 @@ impl TestApp {
             .await;
         r.assert_status(201);
         r.body
+    }
+
+    /// Stops the server and hands back its database, for a restart on the same data.
+    pub async fn stop_keep_database(mut self) -> TestDatabase {
+        let database = self.database.take().expect("database present");
+        self.stop().await;
+        database
     }
 
     /// Stops the server the way a signal would and waits for it to finish.

@@ -60,8 +60,8 @@ fn seqs(events: &[String]) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn room_events_are_gap_free_and_in_order_for_every_session() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn room_events_are_gap_free_and_in_order_for_every_session() {
     let hub = hub(HubConfig::default());
     let room = hub.room("r1");
     let a = hub.join(hub.admit().unwrap(), &room, None, Encoding::Json, None);
@@ -74,18 +74,18 @@ fn room_events_are_gap_free_and_in_order_for_every_session() {
     );
     a.session.start(vec![]);
     b.session.start(vec![]);
-    let threads: Vec<_> = (0..4)
+    let tasks: Vec<_> = (0..4)
         .map(|_| {
             let hub = hub.clone();
-            std::thread::spawn(move || {
+            tokio::spawn(async move {
                 for _ in 0..250 {
-                    hub.publish("r1", &Ev("e"));
+                    hub.publish("r1", &Ev("e")).await.unwrap();
                 }
             })
         })
         .collect();
-    for t in threads {
-        t.join().unwrap();
+    for t in tasks {
+        t.await.unwrap();
     }
     for s in [&a.session, &b.session] {
         let got = seqs(&drain(s));
@@ -94,12 +94,12 @@ fn room_events_are_gap_free_and_in_order_for_every_session() {
     assert_eq!(room.position().1, 1000);
 }
 
-#[test]
-fn recovery_replays_exactly_the_missed_events() {
+#[tokio::test]
+async fn recovery_replays_exactly_the_missed_events() {
     let hub = hub(HubConfig::default());
     let room = hub.room("r");
     for _ in 0..10 {
-        hub.publish("r", &Ev("e"));
+        hub.publish("r", &Ev("e")).await.unwrap();
     }
     let (epoch, last) = room.position();
     assert_eq!(last, 10);
@@ -114,7 +114,7 @@ fn recovery_replays_exactly_the_missed_events() {
     assert_eq!(j.last_seq, 10);
     j.session
         .start(vec![hub.encode_once(Lane::Private, &Ev("welcome"))]);
-    hub.publish("r", &Ev("e"));
+    hub.publish("r", &Ev("e")).await.unwrap();
     let events = drain(&j.session);
     assert_eq!(events[0], "welcome");
     assert_eq!(seqs(&events), vec![7, 8, 9, 10, 11]);
@@ -153,8 +153,8 @@ fn recovery_replays_exactly_the_missed_events() {
     );
 }
 
-#[test]
-fn history_keeps_the_larger_of_count_and_age() {
+#[tokio::test]
+async fn history_keeps_the_larger_of_count_and_age() {
     // Young events are kept beyond the count…
     let hub1 = hub(HubConfig {
         history_events: 5,
@@ -163,7 +163,7 @@ fn history_keeps_the_larger_of_count_and_age() {
     });
     let room = hub1.room("r");
     for _ in 0..20 {
-        hub1.publish("r", &Ev("e"));
+        hub1.publish("r", &Ev("e")).await.unwrap();
     }
     let (epoch, _) = room.position();
     assert!(
@@ -184,9 +184,9 @@ fn history_keeps_the_larger_of_count_and_age() {
     });
     let room = hub2.room("r");
     for _ in 0..20 {
-        hub2.publish("r", &Ev("e"));
+        hub2.publish("r", &Ev("e")).await.unwrap();
     }
-    std::thread::sleep(Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let (epoch, _) = room.position();
     assert!(
         !hub2
@@ -212,8 +212,8 @@ fn history_keeps_the_larger_of_count_and_age() {
     assert_eq!(room.history_after(0).len(), 5);
 }
 
-#[test]
-fn a_slow_session_is_closed_with_4008_and_nobody_else_notices() {
+#[tokio::test]
+async fn a_slow_session_is_closed_with_4008_and_nobody_else_notices() {
     let hub = hub(HubConfig {
         lossless_queue_bytes: 1000,
         ..HubConfig::default()
@@ -225,7 +225,9 @@ fn a_slow_session_is_closed_with_4008_and_nobody_else_notices() {
     fast.session.start(vec![]);
     let mut received = Vec::new();
     for _ in 0..500 {
-        hub.publish("r", &Ev("a-room-event-of-some-size"));
+        hub.publish("r", &Ev("a-room-event-of-some-size"))
+            .await
+            .unwrap();
         received.extend(drain(&fast.session));
     }
     assert_eq!(seqs(&received), (1..=500).collect::<Vec<_>>());
@@ -233,8 +235,8 @@ fn a_slow_session_is_closed_with_4008_and_nobody_else_notices() {
     assert_eq!(slow.session.take_frame(), Some(Frame::Close(4008)));
 }
 
-#[test]
-fn backlogs_go_out_as_batches_and_social_events_coalesce() {
+#[tokio::test]
+async fn backlogs_go_out_as_batches_and_social_events_coalesce() {
     let hub = hub(HubConfig {
         max_batch: 4,
         ..HubConfig::default()
@@ -243,7 +245,7 @@ fn backlogs_go_out_as_batches_and_social_events_coalesce() {
     let j = hub.join(hub.admit().unwrap(), &room, None, Encoding::Json, None);
     j.session.start(vec![]);
     for _ in 0..6 {
-        hub.publish("r", &Ev("e"));
+        hub.publish("r", &Ev("e")).await.unwrap();
     }
     hub.social("r", SocialKind::Likes, &Ev("likes-1"));
     hub.social("r", SocialKind::Likes, &Ev("likes-2"));
@@ -262,12 +264,12 @@ fn backlogs_go_out_as_batches_and_social_events_coalesce() {
     );
     assert_eq!(j.session.take_frame(), None);
     // A single pending event goes out alone, not as a batch.
-    hub.publish("r", &Ev("e"));
+    hub.publish("r", &Ev("e")).await.unwrap();
     assert_eq!(text(&j.session.take_frame().unwrap()), "e#7");
 }
 
-#[test]
-fn chat_is_sampled_at_the_per_viewer_cap() {
+#[tokio::test]
+async fn chat_is_sampled_at_the_per_viewer_cap() {
     let hub = hub(HubConfig {
         chat_per_viewer_per_s: 5,
         social_queue_len: 100,
@@ -285,8 +287,8 @@ fn chat_is_sampled_at_the_per_viewer_cap() {
     assert_eq!(room.stats().chat_messages, 50);
 }
 
-#[test]
-fn private_events_reach_only_that_user() {
+#[tokio::test]
+async fn private_events_reach_only_that_user() {
     let hub = hub(HubConfig::default());
     let r1 = hub.room("r1");
     let r2 = hub.room("r2");
@@ -322,8 +324,8 @@ fn private_events_reach_only_that_user() {
     assert_eq!(hub.private("alice", &Ev("x")), 1);
 }
 
-#[test]
-fn admission_control_limits_connections_and_their_rate() {
+#[tokio::test]
+async fn admission_control_limits_connections_and_their_rate() {
     let hub1 = hub(HubConfig {
         max_connections: 2,
         ..HubConfig::default()
@@ -361,8 +363,8 @@ fn admission_control_limits_connections_and_their_rate() {
     assert!(refused >= 4);
 }
 
-#[test]
-fn presence_counts_viewers_peak_and_unique_users() {
+#[tokio::test]
+async fn presence_counts_viewers_peak_and_unique_users() {
     let hub = hub(HubConfig::default());
     let room = hub.room("r");
     let a = hub.join(
@@ -403,10 +405,54 @@ async fn next_frame_waits_for_work() {
     let waiter = tokio::spawn(async move { session.next_frame().await });
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!waiter.is_finished());
-    hub.publish("r", &Ev("e"));
+    hub.publish("r", &Ev("e")).await.unwrap();
     let frame = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(text(&frame), "e#1");
+}
+
+#[tokio::test]
+async fn a_room_opened_from_a_stored_position_serves_recovery_from_its_history() {
+    let hub = hub(HubConfig::default());
+    let history: Vec<_> = (8..=10)
+        .map(|seq| {
+            Arc::new(harvest_hub::Encoded::from_parts(
+                Lane::Room,
+                Some(seq),
+                harvest_hub::now_ms(),
+                Bytes::from(format!("old#{seq}")),
+                Bytes::from_static(b"old"),
+            ))
+        })
+        .collect();
+    let room = hub.room_with("r", || harvest_hub::RoomInit {
+        epoch: "stored".into(),
+        last_seq: 10,
+        history,
+    });
+    assert_eq!(room.position(), ("stored".to_owned(), 10));
+    let j = hub.join(
+        hub.admit().unwrap(),
+        &room,
+        None,
+        Encoding::Json,
+        Some(("stored", 8)),
+    );
+    assert!(j.recovered);
+    j.session.start(vec![]);
+    hub.publish("r", &Ev("new")).await.unwrap();
+    assert_eq!(drain(&j.session), vec!["old#9", "old#10", "new#11"]);
+    // Older than the stored history: a snapshot.
+    assert!(
+        !hub.join(
+            hub.admit().unwrap(),
+            &room,
+            None,
+            Encoding::Json,
+            Some(("stored", 5))
+        )
+        .recovered
+    );
 }

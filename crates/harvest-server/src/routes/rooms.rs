@@ -75,6 +75,14 @@ pub struct PinProduct {
     pub product_id: Option<String>,
 }
 
+/// Publishes a room event after a change that already happened; a failure to open
+/// the room's log is logged, not answered (the change stands).
+async fn announce(state: &AppState, room_id: &str, data: impl Into<harvest_proto::ws::EventData>) {
+    if let Err(e) = state.live.publish(room_id, data).await {
+        tracing::warn!(room_id, error = %e, "could not publish a room event");
+    }
+}
+
 /// The room, or 404 naming it.
 async fn load_room(state: &AppState, id: &str) -> Result<Room, ApiError> {
     match state.store.room(id).await {
@@ -202,7 +210,16 @@ pub async fn start_room(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Room>, ApiError> {
     owned_room(&state, &user, &id).await?;
-    Ok(axum::Json(state.store.start_room(&id).await?))
+    let room = state.store.start_room(&id).await?;
+    announce(
+        &state,
+        &id,
+        harvest_proto::ws::RoomStatusChanged {
+            status: room.status,
+        },
+    )
+    .await;
+    Ok(axum::Json(room))
 }
 
 /// End the stream (owner): from `scheduled` or `live` to `ended`.
@@ -222,7 +239,16 @@ pub async fn end_room(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Room>, ApiError> {
     owned_room(&state, &user, &id).await?;
-    Ok(axum::Json(state.store.end_room(&id).await?))
+    let room = state.store.end_room(&id).await?;
+    announce(
+        &state,
+        &id,
+        harvest_proto::ws::RoomStatusChanged {
+            status: room.status,
+        },
+    )
+    .await;
+    Ok(axum::Json(room))
 }
 
 /// Add a product of the room's owner to the room's bag (owner).
@@ -255,7 +281,18 @@ pub async fn add_room_product(
     if product.owner_id != room.streamer_id {
         return Err(ApiError::forbidden("the product belongs to another owner"));
     }
+    let before = state.store.room_products(&id).await?;
     let product_ids = state.store.add_room_product(&id, &product.id).await?;
+    if product_ids != before {
+        announce(
+            &state,
+            &id,
+            harvest_proto::ws::RoomProducts {
+                product_ids: product_ids.clone(),
+            },
+        )
+        .await;
+    }
     Ok(axum::Json(ProductIds { product_ids }))
 }
 
@@ -275,8 +312,27 @@ pub async fn remove_room_product(
     Path((id, product_id)): Path<(String, String)>,
 ) -> Result<axum::Json<ProductIds>, ApiError> {
     owned_room(&state, &user, &id).await?;
+    let pinned_before = state.store.pinned_product(&id).await?;
     match state.store.remove_room_product(&id, &product_id).await {
-        Ok(product_ids) => Ok(axum::Json(ProductIds { product_ids })),
+        Ok(product_ids) => {
+            announce(
+                &state,
+                &id,
+                harvest_proto::ws::RoomProducts {
+                    product_ids: product_ids.clone(),
+                },
+            )
+            .await;
+            if pinned_before.as_deref() == Some(product_id.as_str()) {
+                announce(
+                    &state,
+                    &id,
+                    harvest_proto::ws::ProductPinned { product: None },
+                )
+                .await;
+            }
+            Ok(axum::Json(ProductIds { product_ids }))
+        }
         Err(StoreError::NotInRoom) => Err(ApiError::not_found("product in this room")),
         Err(e) => Err(e.into()),
     }
@@ -307,5 +363,10 @@ pub async fn pin_product(
         .store
         .set_pinned_product(&id, body.product_id.as_deref())
         .await?;
+    let product = match &pinned_product_id {
+        Some(pid) => Some(state.store.product(pid).await?),
+        None => None,
+    };
+    announce(&state, &id, harvest_proto::ws::ProductPinned { product }).await;
     Ok(axum::Json(Pinned { pinned_product_id }))
 }

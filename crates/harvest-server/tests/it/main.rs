@@ -7,3 +7,4 @@ mod process;
 mod products;
 mod rooms;
 mod tokens;
+mod ws;

@@ -252,3 +252,38 @@ async fn product_reads_reject_bad_ids_and_parameters() {
         .await
         .assert_status(200);
 }
+
+#[tokio::test]
+async fn nul_characters_are_refused_before_reaching_the_database() {
+    let app = spawn_app().await;
+    let s = app.streamer("s");
+    let room = app.create_room(&s, "r").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .post(
+            &format!("/api/v1/rooms/{room}/products"),
+            Some(&s),
+            &json!({"product_id": "a\u{0}b"}),
+        )
+        .await;
+    r.assert_error(400, "bad_request");
+    assert_eq!(r.error_field(), Some("product_id"));
+    let r = app
+        .post(
+            "/api/v1/products",
+            Some(&s),
+            &json!({"sku": "a", "title": "t", "list_price": 1, "origin": "x\u{0}"}),
+        )
+        .await;
+    r.assert_error(400, "bad_request");
+    assert_eq!(r.error_field(), Some("origin"));
+    app.get("/api/v1/products/a%00b", None)
+        .await
+        .assert_error(400, "bad_request");
+    app.get("/api/v1/products?q=%00", None)
+        .await
+        .assert_error(400, "bad_request");
+    app.get("/healthz", None).await.assert_status(200);
+}

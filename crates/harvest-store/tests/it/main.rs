@@ -52,18 +52,30 @@ fn page(limit: u32) -> PageRequest {
 #[tokio::test]
 async fn products_round_trip_exactly() {
     let (store, _db) = store().await;
-    let created = store.create_product(product("o", "orange", "冰糖橙 Rock-sugar orange")).await.unwrap();
+    let created = store
+        .create_product(product("o", "orange", "冰糖橙 Rock-sugar orange"))
+        .await
+        .unwrap();
     let read = store.product(&created.id).await.unwrap();
     assert_eq!(read, created);
     assert_eq!(read.origin.as_deref(), Some("Mayang, Hunan"));
-    assert!(matches!(store.product("missing").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.product("missing").await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 #[tokio::test]
 async fn skus_are_unique_per_owner() {
     let (store, _db) = store().await;
-    store.create_product(product("a", "sku", "x")).await.unwrap();
-    store.create_product(product("b", "sku", "x")).await.unwrap();
+    store
+        .create_product(product("a", "sku", "x"))
+        .await
+        .unwrap();
+    store
+        .create_product(product("b", "sku", "x"))
+        .await
+        .unwrap();
     assert!(matches!(
         store.create_product(product("a", "sku", "y")).await,
         Err(StoreError::DuplicateSku)
@@ -73,13 +85,32 @@ async fn skus_are_unique_per_owner() {
 #[tokio::test]
 async fn product_search_is_case_insensitive_and_literal() {
     let (store, _db) = store().await;
-    store.create_product(product("a", "KIWI-1", "Shibadong Kiwi")).await.unwrap();
-    store.create_product(product("a", "peach", "Yanling 黄桃 peach")).await.unwrap();
-    store.create_product(product("b", "p_50%", "Hanshou greens")).await.unwrap();
-    let search = |q: &str| ProductFilter { owner_id: None, query: Some(q.into()) };
+    store
+        .create_product(product("a", "KIWI-1", "Shibadong Kiwi"))
+        .await
+        .unwrap();
+    store
+        .create_product(product("a", "peach", "Yanling 黄桃 peach"))
+        .await
+        .unwrap();
+    store
+        .create_product(product("b", "p_50%", "Hanshou greens"))
+        .await
+        .unwrap();
+    let search = |q: &str| ProductFilter {
+        owner_id: None,
+        query: Some(q.into()),
+    };
     let count = |f: ProductFilter| {
         let store = store.clone();
-        async move { store.list_products(&f, &page(50)).await.unwrap().items.len() }
+        async move {
+            store
+                .list_products(&f, &page(50))
+                .await
+                .unwrap()
+                .items
+                .len()
+        }
     };
     assert_eq!(count(search("kiwi")).await, 1);
     assert_eq!(count(search("KIWI")).await, 1);
@@ -88,7 +119,11 @@ async fn product_search_is_case_insensitive_and_literal() {
     assert_eq!(count(search("p_")).await, 1, "underscore is literal");
     assert_eq!(count(search("%")).await, 1, "percent is literal");
     assert_eq!(
-        count(ProductFilter { owner_id: Some("a".into()), query: None }).await,
+        count(ProductFilter {
+            owner_id: Some("a".into()),
+            query: None
+        })
+        .await,
         2
     );
 }
@@ -98,13 +133,25 @@ async fn pages_walk_every_item_once_in_creation_order() {
     let (store, _db) = store().await;
     let mut ids = Vec::new();
     for i in 0..11 {
-        ids.push(store.create_product(product("o", &format!("s{i}"), "t")).await.unwrap().id);
+        ids.push(
+            store
+                .create_product(product("o", &format!("s{i}"), "t"))
+                .await
+                .unwrap()
+                .id,
+        );
     }
     let mut seen = Vec::new();
     let mut after = None;
     loop {
         let p = store
-            .list_products(&ProductFilter::default(), &PageRequest { after: after.clone(), limit: 4 })
+            .list_products(
+                &ProductFilter::default(),
+                &PageRequest {
+                    after: after.clone(),
+                    limit: 4,
+                },
+            )
             .await
             .unwrap();
         seen.extend(p.items.into_iter().map(|p| p.id));
@@ -121,7 +168,10 @@ async fn room_transitions_are_atomic_and_checked() {
     let (store, _db) = store().await;
     let r = store.create_room(room("s")).await.unwrap();
     assert_eq!(r.status, RoomStatus::Scheduled);
-    assert!(matches!(store.start_room("missing").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.start_room("missing").await,
+        Err(StoreError::NotFound)
+    ));
     // Many concurrent starts: exactly one wins.
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -145,10 +195,22 @@ async fn room_transitions_are_atomic_and_checked() {
     let ended = store.end_room(&r.id).await.unwrap();
     assert_eq!(ended.status, RoomStatus::Ended);
     assert!(ended.ended_at.unwrap() >= ended.started_at.unwrap());
-    assert!(matches!(store.end_room(&r.id).await, Err(StoreError::InvalidState(RoomStatus::Ended))));
-    assert!(matches!(store.start_room(&r.id).await, Err(StoreError::InvalidState(RoomStatus::Ended))));
+    assert!(matches!(
+        store.end_room(&r.id).await,
+        Err(StoreError::InvalidState(RoomStatus::Ended))
+    ));
+    assert!(matches!(
+        store.start_room(&r.id).await,
+        Err(StoreError::InvalidState(RoomStatus::Ended))
+    ));
     let live = store
-        .list_rooms(&RoomFilter { status: Some(RoomStatus::Ended), streamer_id: Some("s".into()) }, &page(10))
+        .list_rooms(
+            &RoomFilter {
+                status: Some(RoomStatus::Ended),
+                streamer_id: Some("s".into()),
+            },
+            &page(10),
+        )
         .await
         .unwrap();
     assert_eq!(live.items.len(), 1);
@@ -161,7 +223,13 @@ async fn bag_and_pin_stay_consistent() {
     let p: Vec<String> = {
         let mut v = Vec::new();
         for i in 0..3 {
-            v.push(store.create_product(product("s", &format!("p{i}"), "t")).await.unwrap().id);
+            v.push(
+                store
+                    .create_product(product("s", &format!("p{i}"), "t"))
+                    .await
+                    .unwrap()
+                    .id,
+            );
         }
         v
     };
@@ -173,23 +241,49 @@ async fn bag_and_pin_stay_consistent() {
     let mut tasks = Vec::new();
     for _ in 0..6 {
         let (store, rid, pid) = (store.clone(), r.id.clone(), p[1].clone());
-        tasks.push(tokio::spawn(async move { store.add_room_product(&rid, &pid).await }));
+        tasks.push(tokio::spawn(async move {
+            store.add_room_product(&rid, &pid).await
+        }));
     }
     for t in tasks {
         t.await.unwrap().unwrap();
     }
     store.add_room_product(&r.id, &p[0]).await.unwrap();
-    assert_eq!(store.room_products(&r.id).await.unwrap(), vec![p[1].clone(), p[0].clone()]);
-    assert_eq!(store.set_pinned_product(&r.id, Some(&p[0])).await.unwrap(), Some(p[0].clone()));
-    assert_eq!(store.pinned_product(&r.id).await.unwrap(), Some(p[0].clone()));
+    assert_eq!(
+        store.room_products(&r.id).await.unwrap(),
+        vec![p[1].clone(), p[0].clone()]
+    );
+    assert_eq!(
+        store.set_pinned_product(&r.id, Some(&p[0])).await.unwrap(),
+        Some(p[0].clone())
+    );
+    assert_eq!(
+        store.pinned_product(&r.id).await.unwrap(),
+        Some(p[0].clone())
+    );
     // Removing another product keeps the pin; removing the pinned one clears it.
     store.remove_room_product(&r.id, &p[1]).await.unwrap();
-    assert_eq!(store.pinned_product(&r.id).await.unwrap(), Some(p[0].clone()));
-    assert_eq!(store.remove_room_product(&r.id, &p[0]).await.unwrap(), Vec::<String>::new());
+    assert_eq!(
+        store.pinned_product(&r.id).await.unwrap(),
+        Some(p[0].clone())
+    );
+    assert_eq!(
+        store.remove_room_product(&r.id, &p[0]).await.unwrap(),
+        Vec::<String>::new()
+    );
     assert_eq!(store.pinned_product(&r.id).await.unwrap(), None);
-    assert!(matches!(store.remove_room_product(&r.id, &p[0]).await, Err(StoreError::NotInRoom)));
-    assert!(matches!(store.set_pinned_product("missing", None).await, Err(StoreError::NotFound)));
-    assert!(matches!(store.pinned_product("missing").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.remove_room_product(&r.id, &p[0]).await,
+        Err(StoreError::NotInRoom)
+    ));
+    assert!(matches!(
+        store.set_pinned_product("missing", None).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.pinned_product("missing").await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 #[tokio::test]
@@ -207,7 +301,10 @@ async fn an_unreachable_database_is_unavailable_not_a_hang() {
     let started = std::time::Instant::now();
     let result = Store::connect(
         &format!("postgres://postgres@127.0.0.1:{port}/none"),
-        StoreOptions { max_connections: 2, timeout: Duration::from_millis(500) },
+        StoreOptions {
+            max_connections: 2,
+            timeout: Duration::from_millis(500),
+        },
     )
     .await;
     let err = result.expect_err("nothing listens there");
@@ -221,4 +318,86 @@ async fn a_closed_store_reports_unavailable() {
     store.close().await;
     let err = store.ping().await.expect_err("closed");
     assert!(err.is_unavailable(), "{err}");
+}
+
+fn event(room: &str, epoch: &str, seq: i64) -> harvest_store::RoomEventRecord {
+    harvest_store::RoomEventRecord {
+        room_id: room.into(),
+        epoch: epoch.into(),
+        seq,
+        event_type: "room.status".into(),
+        ts: 1_000 + seq,
+        body: format!(
+            r#"{{"type":"room.status","seq":{seq},"ts":{},"data":{{"status":"live"}}}}"#,
+            1_000 + seq
+        ),
+    }
+}
+
+#[tokio::test]
+async fn the_room_event_log_appends_in_order_and_idempotently() {
+    let (store, _db) = store().await;
+    assert_eq!(store.room_log("r1").await.unwrap(), None);
+    let batch: Vec<_> = (1..=5)
+        .map(|s| event("r1", "e1", s))
+        .chain([event("r2", "x", 1)])
+        .collect();
+    store.append_room_events(&batch).await.unwrap();
+    // A retried batch changes nothing.
+    store.append_room_events(&batch[2..]).await.unwrap();
+    assert_eq!(store.room_log("r1").await.unwrap(), Some(("e1".into(), 5)));
+    assert_eq!(store.room_log("r2").await.unwrap(), Some(("x".into(), 1)));
+    let after2 = store.room_events("r1", "e1", 2, 100).await.unwrap();
+    assert_eq!(
+        after2.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert_eq!(after2[0], batch[2]);
+    assert_eq!(store.room_events("r1", "e1", 0, 2).await.unwrap().len(), 2);
+    assert!(
+        store
+            .room_events("r1", "other", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let recent = store.recent_room_events("r1", "e1", 2).await.unwrap();
+    assert_eq!(recent.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
+    // A late batch never moves the position back.
+    store
+        .append_room_events(&[event("r1", "e1", 7)])
+        .await
+        .unwrap();
+    store
+        .append_room_events(&[event("r1", "e1", 6)])
+        .await
+        .unwrap();
+    assert_eq!(store.room_log("r1").await.unwrap(), Some(("e1".into(), 7)));
+    // A new epoch resets it.
+    store
+        .append_room_events(&[event("r1", "e2", 1)])
+        .await
+        .unwrap();
+    assert_eq!(store.room_log("r1").await.unwrap(), Some(("e2".into(), 1)));
+    assert_eq!(store.prune_room_events(1_003).await.unwrap(), 4);
+    assert_eq!(
+        store.room_events("r1", "e1", 0, 100).await.unwrap().len(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn bans_and_mutes_are_kept() {
+    let (store, _db) = store().await;
+    assert!(!store.is_banned("r", "u").await.unwrap());
+    store.ban_user("r", "u").await.unwrap();
+    store.ban_user("r", "u").await.unwrap();
+    assert!(store.is_banned("r", "u").await.unwrap());
+    assert!(!store.is_banned("other", "u").await.unwrap());
+    store.mute_user("r", "a", 5_000).await.unwrap();
+    store.mute_user("r", "b", 1_000).await.unwrap();
+    store.mute_user("r", "a", 9_000).await.unwrap();
+    let mut mutes = store.room_mutes("r", 2_000).await.unwrap();
+    mutes.sort();
+    assert_eq!(mutes, vec![("a".to_owned(), 9_000)]);
 }

@@ -1,0 +1,882 @@
+//! What every scenario shares: the target and its HTTP API, tokens, `/metrics`,
+//! process limits and CPU time, and WebSocket connections with admission retries.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use harvest_proto::ws::{Encoding, Event, EventData, close};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Timeout of every HTTP request the load generator makes.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a TCP connect, a WebSocket handshake, or the first frame after it.
+const WS_STEP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Attempts per WebSocket connection before it counts as a connect failure.
+const CONNECT_ATTEMPTS: u32 = 10;
+/// File descriptors kept free for HTTP clients, the runtime and stdio.
+pub const FD_RESERVE: u64 = 64;
+
+/// A WebSocket client connection.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Options every scenario accepts to reach the server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
+    /// Base URL of a running `harvest serve`.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Allow a target that is not a loopback address.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// HS256 secret the server signs tokens with (its HARVEST_JWT_SECRET); the load
+    /// generator mints its own streamer and chatter tokens with it.
+    #[arg(long, env = "HARVEST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Use the protobuf subprotocol (`harvest.v1.protobuf`) instead of JSON.
+    #[arg(long)]
+    pub protobuf: bool,
+    /// Spread client source addresses over this many loopback addresses (127.0.1.1,
+    /// 127.0.1.2, ...) to pass the ephemeral-port limit of one address; 0 lets the
+    /// kernel choose. Only for an IPv4 loopback target.
+    #[arg(long, default_value_t = 64)]
+    pub source_ips: u32,
+    /// WebSocket connection attempts in flight at once.
+    #[arg(long, default_value_t = 500)]
+    pub concurrency: usize,
+    /// New WebSocket connection attempts per second (the server admits 5,000/s by
+    /// default and closes the rest with 4029, which are retried with backoff).
+    #[arg(long, default_value_t = 4000)]
+    pub connect_rate: u32,
+    /// Longest time for the whole connect phase, in seconds.
+    #[arg(long, default_value_t = 180)]
+    pub connect_timeout: u64,
+    /// Client WebSocket read buffer per connection, in bytes.
+    #[arg(long, default_value_t = 8192)]
+    pub ws_read_buffer: usize,
+    /// Print one JSON summary object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl TargetArgs {
+    pub fn encoding(&self) -> Encoding {
+        if self.protobuf {
+            Encoding::Protobuf
+        } else {
+            Encoding::Json
+        }
+    }
+
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.concurrency == 0 || self.concurrency > 10_000 {
+            bail!("--concurrency must be in 1..=10000");
+        }
+        if self.connect_rate == 0 {
+            bail!("--connect-rate must be at least 1");
+        }
+        if !(1..=3600).contains(&self.connect_timeout) {
+            bail!("--connect-timeout must be in 1..=3600 seconds");
+        }
+        if self.source_ips > 60_000 {
+            bail!("--source-ips must be at most 60000");
+        }
+        if !(256..=16 * 1024 * 1024).contains(&self.ws_read_buffer) {
+            bail!("--ws-read-buffer must be in 256..=16777216 bytes");
+        }
+        Ok(())
+    }
+}
+
+/// A resolved target: its HTTP base URL and socket address.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `http://host:port` without a trailing slash.
+    pub base: String,
+    /// `host:port` for the WebSocket `Host` header and URLs.
+    pub authority: String,
+    pub addr: SocketAddr,
+}
+
+impl Target {
+    /// Parses and resolves `url`; refuses a non-loopback address unless `allow_remote`.
+    pub async fn resolve(url: &str, allow_remote: bool) -> anyhow::Result<Self> {
+        let parsed = url::Url::parse(url).with_context(|| format!("invalid --url {url:?}"))?;
+        if parsed.scheme() != "http" {
+            bail!(
+                "--url must be an http:// URL (got scheme {:?})",
+                parsed.scheme()
+            );
+        }
+        let host = parsed
+            .host_str()
+            .with_context(|| format!("--url {url:?} has no host"))?
+            .to_owned();
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let lookup_host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((lookup_host.as_str(), port))
+            .await
+            .with_context(|| format!("cannot resolve {host}"))?
+            .collect();
+        let Some(&addr) = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()) else {
+            bail!("{host} resolves to no address");
+        };
+        if !allow_remote && !addrs.iter().all(|a| a.ip().is_loopback()) {
+            bail!(
+                "refusing target {url}: {host} is not a loopback address \
+                 (load is only sent to this machine; pass --allow-remote to override)"
+            );
+        }
+        let authority = match addr {
+            SocketAddr::V4(a) => a.to_string(),
+            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        };
+        Ok(Self {
+            base: format!("http://{authority}"),
+            authority,
+            addr,
+        })
+    }
+
+    /// The WebSocket URL of a room, with an optional token.
+    pub fn ws_url(&self, room_id: &str, token: Option<&str>) -> String {
+        let mut url = format!("ws://{}/ws/rooms/{room_id}", self.authority);
+        if let Some(token) = token {
+            url.push_str("?token=");
+            url.push_str(token);
+        }
+        url
+    }
+
+    /// Source addresses to spread client sockets over: `count` addresses from
+    /// 127.0.1.1 on, when the target is IPv4 loopback; else none (kernel's choice).
+    pub fn source_ips(&self, count: u32) -> Vec<IpAddr> {
+        if count == 0 || !matches!(self.addr.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
+            return Vec::new();
+        }
+        let first = u32::from(Ipv4Addr::new(127, 0, 1, 1));
+        (0..count)
+            .map(|i| IpAddr::V4(Ipv4Addr::from(first + i)))
+            .collect()
+    }
+}
+
+/// HS256 tokens signed like `harvest token` signs them.
+pub struct Minter {
+    key: jsonwebtoken::EncodingKey,
+    exp: u64,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    name: &'a str,
+    exp: u64,
+    iat: u64,
+    roles: &'a [&'a str],
+}
+
+impl Minter {
+    /// Tokens valid for `ttl` from now.
+    pub fn new(secret: &str, ttl: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            key: jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())
+                .context("unusable --jwt-secret")?,
+            exp: unix_s() + ttl.as_secs(),
+        })
+    }
+
+    pub fn token(&self, sub: &str, name: &str, roles: &[&str]) -> anyhow::Result<String> {
+        let claims = Claims {
+            sub,
+            name,
+            exp: self.exp,
+            iat: unix_s(),
+            roles,
+        };
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &self.key)
+            .context("cannot sign a token")
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Microseconds since the Unix epoch.
+pub fn unix_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A short id for this run, to keep its skus and user ids apart from other runs.
+pub fn run_id() -> String {
+    format!("{:x}", unix_ms())
+}
+
+/// The server's HTTP API, as one streamer.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+/// Server figures read from `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerSample {
+    pub rss_bytes: u64,
+    pub cpu_s: f64,
+}
+
+impl Api {
+    pub fn new(target: &Target, token: Option<String>) -> anyhow::Result<Self> {
+        Self::new_base(&target.base, token)
+    }
+
+    fn new_base(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(4)
+            .no_proxy()
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self {
+            http,
+            base: base.to_owned(),
+            token,
+        })
+    }
+
+    /// The same API with a client of its own (for use on another runtime).
+    pub fn fresh(&self) -> anyhow::Result<Self> {
+        Self::new_base(&self.base, self.token.clone())
+    }
+
+    /// `GET /healthz`, with a clear message when nothing answers.
+    pub async fn check_reachable(&self) -> anyhow::Result<()> {
+        let url = format!("{}/healthz", self.base);
+        let response = self.http.get(&url).send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach harvest at {}: {} (is `harvest serve` running there?)",
+                self.base,
+                error_chain(&e)
+            )
+        })?;
+        if !response.status().is_success() {
+            bail!(
+                "{url} answered {}; is this a harvest server?",
+                response.status()
+            );
+        }
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{method} {path}: {}", error_chain(&e)))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("{method} {path}: reading the answer"))?;
+        if !status.is_success() {
+            bail!(
+                "{method} {path} answered {status}: {}",
+                truncate(&text, 300)
+            );
+        }
+        if text.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).with_context(|| format!("{method} {path}: answer is not JSON"))
+    }
+
+    /// Creates a product and returns its id.
+    pub async fn create_product(&self, sku: &str) -> anyhow::Result<String> {
+        let product = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/products",
+                Some(json!({"sku": sku, "title": "Load-test kiwi, 5 kg", "origin": "Huayuan, Hunan", "list_price": 3990})),
+            )
+            .await?;
+        id_of(&product, "product")
+    }
+
+    /// Creates a room, adds products to its bag, starts it; returns its id.
+    pub async fn create_live_room(
+        &self,
+        title: &str,
+        product_ids: &[String],
+    ) -> anyhow::Result<String> {
+        let room = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/rooms",
+                Some(json!({"title": title})),
+            )
+            .await?;
+        let room_id = id_of(&room, "room")?;
+        for product_id in product_ids {
+            self.call(
+                reqwest::Method::POST,
+                &format!("/api/v1/rooms/{room_id}/products"),
+                Some(json!({"product_id": product_id})),
+            )
+            .await?;
+        }
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/rooms/{room_id}/start"),
+            None,
+        )
+        .await?;
+        Ok(room_id)
+    }
+
+    /// Pins `product_id` (or unpins with `None`): one `product.pinned` room event.
+    pub async fn pin(&self, room_id: &str, product_id: Option<&str>) -> anyhow::Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/rooms/{room_id}/pin"),
+            Some(json!({"product_id": product_id})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The room's latest seq (from the live room log).
+    pub async fn last_seq(&self, room_id: &str) -> anyhow::Result<u64> {
+        let page = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/rooms/{room_id}/events?after_seq=0&limit=1"),
+                None,
+            )
+            .await?;
+        page.get("last_seq")
+            .and_then(Value::as_u64)
+            .context("the room's event log has no last_seq")
+    }
+
+    /// Ends the room (cleanup after a run).
+    pub async fn end_room(&self, room_id: &str) -> anyhow::Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/rooms/{room_id}/end"),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// RSS and CPU time of the server process, from `/metrics`.
+    pub async fn server_sample(&self) -> anyhow::Result<ServerSample> {
+        let url = format!("{}/metrics", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("GET /metrics: {}", error_chain(&e)))?;
+        if !response.status().is_success() {
+            bail!("GET /metrics answered {}", response.status());
+        }
+        let text = response
+            .text()
+            .await
+            .context("GET /metrics: reading the answer")?;
+        let rss = metric_value(&text, "process_resident_memory_bytes")
+            .context("/metrics has no process_resident_memory_bytes")?;
+        let cpu = metric_value(&text, "process_cpu_seconds_total")
+            .context("/metrics has no process_cpu_seconds_total")?;
+        Ok(ServerSample {
+            rss_bytes: rss as u64,
+            cpu_s: cpu,
+        })
+    }
+}
+
+fn id_of(value: &Value, what: &str) -> anyhow::Result<String> {
+    value
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .with_context(|| format!("the created {what} has no id: {value}"))
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// An error and its sources on one line (reqwest hides the useful part in the chain).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The value of a Prometheus metric in the text exposition format: the sum over its
+/// series (one series for unlabelled metrics). `None` when absent.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || !line.starts_with(name) {
+            continue;
+        }
+        let rest = &line[name.len()..];
+        let rest = match rest.chars().next() {
+            Some('{') => match rest.find('}') {
+                Some(end) => &rest[end + 1..],
+                None => continue,
+            },
+            Some(c) if c.is_whitespace() => rest,
+            _ => continue, // a longer name with this prefix
+        };
+        if let Some(value) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            *total.get_or_insert(0.0) += value;
+        }
+    }
+    total
+}
+
+/// CPU time (user + system) this process used so far, in seconds.
+pub fn client_cpu_s() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+            secs(usage.user_time()) + secs(usage.system_time())
+        }
+        Err(_) => 0.0,
+    }
+}
+
+/// CPU time (all but idle and iowait) of the whole machine so far, in seconds, from
+/// `/proc/stat` (USER_HZ = 100); 0 when unreadable.
+pub fn machine_cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|text| text.lines().next().map(busy_ticks))
+        .map_or(0.0, |ticks| ticks as f64 / 100.0)
+}
+
+/// Busy ticks of a `/proc/stat` `cpu` line: user, nice, system, irq, softirq, steal.
+fn busy_ticks(line: &str) -> u64 {
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum()
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force.
+pub fn raise_nofile() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 1024,
+    }
+}
+
+/// Fails unless this process may open `connections` sockets (plus a reserve).
+pub fn check_nofile(connections: u64) -> anyhow::Result<u64> {
+    let limit = raise_nofile();
+    if connections + FD_RESERVE > limit {
+        bail!(
+            "RLIMIT_NOFILE is {limit} (raised to the hard limit): this process can hold at most \
+             {} connections, {connections} asked. Raise the hard limit (`ulimit -Hn`, needs \
+             CAP_SYS_RESOURCE) or ask for fewer connections; the server needs as many file \
+             descriptors as connections too.",
+            limit.saturating_sub(FD_RESERVE)
+        );
+    }
+    Ok(limit)
+}
+
+/// A monotonic clock shared by all tasks: microseconds since the start of the process.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    origin: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
+}
+
+/// Why a WebSocket connection could not be opened.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Closed with 4029 (node full or connecting too fast): retry later.
+    TryLater,
+    /// Closed with another code before any event.
+    Closed(u16),
+    /// Anything else (TCP, handshake, timeout, unexpected first frame).
+    Other(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TryLater => write!(f, "closed with 4029 (try later)"),
+            Self::Closed(code) => write!(f, "closed with {code} before the welcome"),
+            Self::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Counters of the connect phase.
+#[derive(Default)]
+pub struct ConnectStats {
+    pub connected: AtomicU64,
+    pub failed: AtomicU64,
+    pub retries: AtomicU64,
+    /// The last failure's message, for the summary.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl ConnectStats {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+/// Opens WebSocket connections to one target with bounded concurrency, a bounded
+/// attempt rate, spread source addresses and retries after 4029.
+pub struct Connector {
+    target: Target,
+    encoding: Encoding,
+    config: WebSocketConfig,
+    sources: Vec<IpAddr>,
+    next_source: AtomicUsize,
+    in_flight: Semaphore,
+    pacer: tokio::sync::Mutex<tokio::time::Interval>,
+    deadline: tokio::time::Instant,
+    pub stats: ConnectStats,
+}
+
+impl Connector {
+    pub fn new(target: &Target, args: &TargetArgs) -> Arc<Self> {
+        let config = WebSocketConfig::default()
+            .read_buffer_size(args.ws_read_buffer)
+            .write_buffer_size(0)
+            .max_write_buffer_size(1024 * 1024)
+            .max_message_size(Some(16 * 1024 * 1024))
+            .max_frame_size(Some(16 * 1024 * 1024));
+        let period = Duration::from_secs_f64(1.0 / f64::from(args.connect_rate));
+        let mut pacer = tokio::time::interval(period);
+        pacer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Arc::new(Self {
+            target: target.clone(),
+            encoding: args.encoding(),
+            config,
+            sources: target.source_ips(args.source_ips),
+            next_source: AtomicUsize::new(0),
+            in_flight: Semaphore::new(args.concurrency),
+            pacer: tokio::sync::Mutex::new(pacer),
+            deadline: tokio::time::Instant::now() + Duration::from_secs(args.connect_timeout),
+            stats: ConnectStats::default(),
+        })
+    }
+
+    /// Opens one connection to `url` and reads up to its `session.welcome`, retrying
+    /// 4029 and transient errors with exponential backoff. Counts the outcome.
+    pub async fn open(&self, url: &str) -> Option<(Ws, Vec<Event>)> {
+        let mut last = String::new();
+        for attempt in 0..CONNECT_ATTEMPTS {
+            if tokio::time::Instant::now() >= self.deadline {
+                last = "connect phase timed out".into();
+                break;
+            }
+            let outcome = {
+                let Ok(_permit) = self.in_flight.acquire().await else {
+                    break;
+                };
+                self.pacer.lock().await.tick().await;
+                tokio::time::timeout_at(self.deadline, self.attempt(url))
+                    .await
+                    .unwrap_or_else(|_| Err(ConnectError::Other("connect phase timed out".into())))
+            };
+            match outcome {
+                Ok(ok) => {
+                    self.stats.connected.fetch_add(1, Ordering::Relaxed);
+                    return Some(ok);
+                }
+                Err(ConnectError::Closed(code)) if !close::should_resume(code) => {
+                    last = ConnectError::Closed(code).to_string();
+                    break;
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    let backoff_ms = (100u64 << attempt.min(5)).min(3_000);
+                    let jitter = rand::random_range(0..=backoff_ms / 2);
+                    tokio::time::sleep(Duration::from_millis(backoff_ms + jitter)).await;
+                }
+            }
+        }
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut slot) = self.stats.last_error.lock() {
+            *slot = Some(last);
+        }
+        None
+    }
+
+    async fn attempt(&self, url: &str) -> Result<(Ws, Vec<Event>), ConnectError> {
+        let other =
+            |what: &str, e: &dyn std::fmt::Display| ConnectError::Other(format!("{what}: {e}"));
+        let socket = match self.target.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(|e| other("socket", &e))?;
+        if !self.sources.is_empty() {
+            let i = self.next_source.fetch_add(1, Ordering::Relaxed) % self.sources.len();
+            socket
+                .bind(SocketAddr::new(self.sources[i], 0))
+                .map_err(|e| other("bind", &e))?;
+        }
+        let stream = tokio::time::timeout(WS_STEP_TIMEOUT, socket.connect(self.target.addr))
+            .await
+            .map_err(|_| ConnectError::Other("TCP connect timed out".into()))?
+            .map_err(|e| other("TCP connect", &e))?;
+        let _ = stream.set_nodelay(true);
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| other("request", &e))?;
+        if self.encoding == Encoding::Protobuf {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static(harvest_proto::ws::SUBPROTOCOL_PROTOBUF),
+            );
+        }
+        let (mut ws, _) = tokio::time::timeout(
+            WS_STEP_TIMEOUT,
+            tokio_tungstenite::client_async_with_config(request, stream, Some(self.config)),
+        )
+        .await
+        .map_err(|_| ConnectError::Other("WebSocket handshake timed out".into()))?
+        .map_err(|e| other("WebSocket handshake", &e))?;
+        loop {
+            let message = tokio::time::timeout(WS_STEP_TIMEOUT, ws.next())
+                .await
+                .map_err(|_| ConnectError::Other("no welcome within 15 s".into()))?;
+            let events = match message {
+                None => return Err(ConnectError::Other("closed before the welcome".into())),
+                Some(Err(e)) => return Err(other("reading the welcome", &e)),
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
+                    return Err(if code == close::TRY_LATER {
+                        ConnectError::TryLater
+                    } else {
+                        ConnectError::Closed(code)
+                    });
+                }
+                Some(Ok(message)) => match decode(self.encoding, &message) {
+                    Some(Ok(events)) => events,
+                    Some(Err(e)) => return Err(other("decoding the welcome", &e)),
+                    None => continue, // ping/pong
+                },
+            };
+            return match events.first() {
+                Some(Event {
+                    data: EventData::SessionWelcome(_),
+                    ..
+                }) => Ok((ws, events)),
+                Some(e) => Err(ConnectError::Other(format!(
+                    "first event is {}, not session.welcome",
+                    e.event_type()
+                ))),
+                None => Err(ConnectError::Other("empty first frame".into())),
+            };
+        }
+    }
+}
+
+/// Decodes a server frame of `encoding`; `None` for control frames.
+pub fn decode(
+    encoding: Encoding,
+    message: &Message,
+) -> Option<Result<Vec<Event>, harvest_proto::ws::EventDecodeError>> {
+    match (encoding, message) {
+        (Encoding::Json, Message::Text(text)) => {
+            Some(harvest_proto::ws::decode_json_frame(text.as_bytes()))
+        }
+        (Encoding::Protobuf, Message::Binary(bytes)) => {
+            Some(harvest_proto::ws::decode_proto_frame(bytes))
+        }
+        (Encoding::Json, Message::Binary(bytes)) => {
+            Some(harvest_proto::ws::decode_json_frame(bytes))
+        }
+        (Encoding::Protobuf, Message::Text(text)) => {
+            Some(harvest_proto::ws::decode_proto_frame(text.as_bytes()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+# HELP process_resident_memory_bytes Resident memory size in bytes.
+# TYPE process_resident_memory_bytes gauge
+process_resident_memory_bytes 27262976
+process_cpu_seconds_total 1.25
+harvest_events_delivered_total{lane=\"room\"} 10
+harvest_events_delivered_total{lane=\"social\"} 5.5
+harvest_events_delivered_total_extra 99
+";
+
+    #[test]
+    fn reads_prometheus_values() {
+        assert_eq!(
+            metric_value(SAMPLE, "process_resident_memory_bytes"),
+            Some(27_262_976.0)
+        );
+        assert_eq!(
+            metric_value(SAMPLE, "process_cpu_seconds_total"),
+            Some(1.25)
+        );
+        assert_eq!(
+            metric_value(SAMPLE, "harvest_events_delivered_total"),
+            Some(15.5)
+        );
+        assert_eq!(metric_value(SAMPLE, "process_open_fds"), None);
+    }
+
+    #[test]
+    fn machine_busy_ticks() {
+        assert_eq!(busy_ticks("cpu  100 5 50 1000 20 3 2 1 0 0"), 161);
+    }
+
+    #[tokio::test]
+    async fn refuses_remote_targets() {
+        let err = Target::resolve("http://192.0.2.1:8080", false)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not a loopback"), "{err}");
+        let ok = Target::resolve("http://192.0.2.1:8080", true)
+            .await
+            .unwrap();
+        assert_eq!(ok.base, "http://192.0.2.1:8080");
+        let local = Target::resolve("http://127.0.0.1:8080", false)
+            .await
+            .unwrap();
+        assert_eq!(local.ws_url("r1", None), "ws://127.0.0.1:8080/ws/rooms/r1");
+        assert!(Target::resolve("https://127.0.0.1", false).await.is_err());
+    }
+
+    #[test]
+    fn spreads_sources_over_loopback() {
+        let target = Target {
+            base: "http://127.0.0.1:8080".into(),
+            authority: "127.0.0.1:8080".into(),
+            addr: "127.0.0.1:8080".parse().unwrap(),
+        };
+        let ips = target.source_ips(3);
+        assert_eq!(
+            ips,
+            ["127.0.1.1", "127.0.1.2", "127.0.1.3"]
+                .map(|s| s.parse::<IpAddr>().unwrap())
+                .to_vec()
+        );
+        assert!(target.source_ips(0).is_empty());
+    }
+
+    #[test]
+    fn minted_tokens_are_hs256_with_roles() {
+        let minter = Minter::new("s3cret", Duration::from_secs(60)).unwrap();
+        let token = minter.token("u-1", "U One", &["streamer"]).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.required_spec_claims = ["exp", "sub"].into_iter().map(String::from).collect();
+        let data = jsonwebtoken::decode::<Value>(
+            &token,
+            &jsonwebtoken::DecodingKey::from_secret(b"s3cret").unwrap(),
+            &validation,
+        )
+        .unwrap();
+        assert_eq!(data.claims["sub"], "u-1");
+        assert_eq!(data.claims["roles"], json!(["streamer"]));
+    }
+}
