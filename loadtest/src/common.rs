@@ -513,26 +513,31 @@ pub fn client_cpu_s() -> f64 {
     }
 }
 
-/// CPU time (all but idle and iowait) of the whole machine so far, in seconds, from
-/// `/proc/stat` (USER_HZ = 100); 0 when unreadable.
-pub fn machine_cpu_s() -> f64 {
+/// CPU time of the whole machine so far, in seconds, from `/proc/stat` (USER_HZ =
+/// 100): busy (all but idle and iowait) and its softirq part (loopback networking
+/// mostly); zeros when unreadable.
+pub fn machine_cpu_s() -> (f64, f64) {
     std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|text| text.lines().next().map(busy_ticks))
-        .map_or(0.0, |ticks| ticks as f64 / 100.0)
+        .map_or((0.0, 0.0), |(busy, softirq)| {
+            (busy as f64 / 100.0, softirq as f64 / 100.0)
+        })
 }
 
-/// Busy ticks of a `/proc/stat` `cpu` line: user, nice, system, irq, softirq, steal.
-fn busy_ticks(line: &str) -> u64 {
+/// Busy and softirq ticks of a `/proc/stat` `cpu` line (busy: user, nice, system,
+/// irq, softirq, steal).
+fn busy_ticks(line: &str) -> (u64, u64) {
     let fields: Vec<u64> = line
         .split_whitespace()
         .skip(1)
         .map(|f| f.parse().unwrap_or(0))
         .collect();
-    [0, 1, 2, 5, 6, 7]
+    let busy = [0, 1, 2, 5, 6, 7]
         .iter()
         .filter_map(|&i| fields.get(i))
-        .sum()
+        .sum();
+    (busy, fields.get(6).copied().unwrap_or(0))
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force.
@@ -827,7 +832,7 @@ harvest_events_delivered_total_extra 99
 
     #[test]
     fn machine_busy_ticks() {
-        assert_eq!(busy_ticks("cpu  100 5 50 1000 20 3 2 1 0 0"), 161);
+        assert_eq!(busy_ticks("cpu  100 5 50 1000 20 3 2 1 0 0"), (161, 2));
     }
 
     #[tokio::test]

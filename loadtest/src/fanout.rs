@@ -55,7 +55,7 @@ pub struct FanoutArgs {
     pub settle: u64,
     /// Pin requests in flight at once (a tick finding all of them busy is skipped and
     /// counted in `commerce_skipped`).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     pub publish_concurrency: u64,
     /// What commerce latency is measured from.
     #[arg(long, value_enum, default_value_t = LatencyFrom::RequestSend)]
@@ -158,6 +158,9 @@ pub struct FanoutSummary {
     pub measured_s: f64,
     pub server_cpu_cores: f64,
     pub client_cpu_cores: f64,
+    /// WebSocket frames received by the viewers per second of the run (the server
+    /// batches several events into one frame when a viewer has a backlog).
+    pub frames_per_s: f64,
     /// Commerce latency from the event's server `ts` (the fan-out part alone).
     pub commerce_server_ts_p50_ms: Option<f64>,
     pub commerce_server_ts_p99_ms: Option<f64>,
@@ -167,6 +170,7 @@ pub struct FanoutSummary {
     /// CPU time of the whole machine over the measured window (/proc/stat), and the
     /// part of it used by neither the server nor this client (other processes).
     pub machine_cpu_s: f64,
+    pub machine_softirq_s: f64,
     pub other_cpu_s: f64,
 }
 
@@ -242,6 +246,22 @@ impl Summary for FanoutSummary {
                 String::new(),
             ),
             (
+                "commerce_server_ts_p99_ms",
+                opt_ms(self.commerce_server_ts_p99_ms),
+                format!(
+                    "p50 {}: from the event's server ts (fan-out alone)",
+                    opt_ms(self.commerce_server_ts_p50_ms)
+                ),
+            ),
+            (
+                "pin_rtt_p99_ms",
+                opt_ms(self.pin_rtt_p99_ms),
+                format!(
+                    "p50 {}: pin request round trip",
+                    opt_ms(self.pin_rtt_p50_ms)
+                ),
+            ),
+            (
                 "chat_offered",
                 n(self.chat_offered),
                 format!("{} refused", n(self.chat_refused)),
@@ -254,7 +274,10 @@ impl Summary for FanoutSummary {
             (
                 "deliveries_per_s",
                 format!("{:.0}", self.deliveries_per_s),
-                "events received by viewers".into(),
+                format!(
+                    "events received by viewers, in {:.0} frames/s",
+                    self.frames_per_s
+                ),
             ),
             (
                 "server_rss_bytes",
@@ -273,6 +296,14 @@ impl Summary for FanoutSummary {
                 "client_cpu_s",
                 format!("{:.2}", self.client_cpu_s),
                 format!("{:.2} cores", self.client_cpu_cores),
+            ),
+            (
+                "other_cpu_s",
+                format!("{:.2}", self.other_cpu_s),
+                format!(
+                    "machine total {:.2} s (softirq {:.2} s) less server and client",
+                    self.machine_cpu_s, self.machine_softirq_s
+                ),
             ),
             (
                 "client_bound",
@@ -313,6 +344,7 @@ struct Shared {
     commerce_received: AtomicU64,
     chat_in_window: AtomicU64,
     events_in_window: AtomicU64,
+    frames_in_window: AtomicU64,
     seq_gaps: AtomicU64,
     decode_errors: AtomicU64,
     viewers_disconnected: AtomicU64,
@@ -334,6 +366,7 @@ impl Shared {
         event: &Event,
         product_id: Option<&str>,
         (now_us, now_unix_us): (u64, i64),
+        offset: &mut i64,
     ) {
         let from_ts = now_unix_us.saturating_sub(event.ts.saturating_mul(1000));
         self.from_ts.record(u64::try_from(from_ts).unwrap_or(0));
@@ -343,9 +376,10 @@ impl Shared {
             return;
         };
         let base = self.base_seq.load(Ordering::Acquire);
-        let Some(k) = request_of(seq, base, product, self.products.len() as u64) else {
+        let Some(k) = request_of(seq, base, *offset, product, self.products.len() as u64) else {
             return;
         };
+        *offset = k as i64 - (seq - base - 1) as i64;
         let Some(slot) = self.send_us.get(k as usize) else {
             return;
         };
@@ -365,11 +399,12 @@ impl Shared {
 }
 
 /// The pin request (numbered from 0) that room event `seq` answers, when request k
-/// pins product `k mod m`: the product gives k modulo m, and `seq - base - 1` gives k
-/// give or take the requests in flight (reordered) or failed (never sequenced), which
-/// must stay under m / 2.
-fn request_of(seq: u64, base: u64, product: u64, m: u64) -> Option<u64> {
-    let k0 = i64::try_from(seq.checked_sub(base + 1)?).ok()?;
+/// pins product `k mod m`: the product gives k modulo m, and `seq - base - 1 + offset`
+/// gives k give or take the requests in flight (reordered), which must stay under
+/// m / 2. `offset` is the difference seen at the viewer's previous match: it follows
+/// the requests that failed without being sequenced.
+fn request_of(seq: u64, base: u64, offset: i64, product: u64, m: u64) -> Option<u64> {
+    let k0 = i64::try_from(seq.checked_sub(base + 1)?).ok()? + offset;
     let (m, product) = (i64::try_from(m).ok()?, i64::try_from(product).ok()?);
     if m == 0 {
         return None;
@@ -439,6 +474,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         commerce_received: AtomicU64::new(0),
         chat_in_window: AtomicU64::new(0),
         events_in_window: AtomicU64::new(0),
+        frames_in_window: AtomicU64::new(0),
         seq_gaps: AtomicU64::new(0),
         decode_errors: AtomicU64::new(0),
         viewers_disconnected: AtomicU64::new(0),
@@ -610,7 +646,10 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     }
     let measured_s = start.elapsed().as_secs_f64();
     let client_cpu_s = common::client_cpu_s() - client_before;
-    let machine_cpu_s = common::machine_cpu_s() - machine_before;
+    let (machine_cpu_s, softirq_s) = {
+        let (busy, softirq) = common::machine_cpu_s();
+        (busy - machine_before.0, softirq - machine_before.1)
+    };
     let server_after = api.server_sample().await?;
 
     shared.stopping.store(true, Ordering::Relaxed);
@@ -684,11 +723,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         measured_s: round2(measured_s),
         server_cpu_cores: round2(server_cpu_s / measured_s),
         client_cpu_cores: round2(client_cpu_s / measured_s),
+        frames_per_s: round2(shared.frames_in_window.load(Ordering::Relaxed) as f64 / duration_s),
         commerce_server_ts_p50_ms: shared.from_ts.quantile(0.50).map(ms),
         commerce_server_ts_p99_ms: shared.from_ts.quantile(0.99).map(ms),
         pin_rtt_p50_ms: shared.pin_rtt.quantile(0.50).map(ms),
         pin_rtt_p99_ms: shared.pin_rtt.quantile(0.99).map(ms),
         machine_cpu_s: round2(machine_cpu_s),
+        machine_softirq_s: round2(softirq_s),
         other_cpu_s: round2((machine_cpu_s - server_cpu_s - client_cpu_s).max(0.0)),
     };
     report::emit(&summary, json)
@@ -743,18 +784,26 @@ async fn publish(
     rate: f64,
 ) -> PublishOutcome {
     let publisher = Arc::new(publisher);
-    let slots = Arc::new(tokio::sync::Semaphore::new(publisher.concurrency));
     let outcome = Arc::new(std::sync::Mutex::new(PublishOutcome::default()));
     let mut ticker = tokio::time::interval_at(start, Duration::from_secs_f64(1.0 / rate));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut requests = JoinSet::new();
+    // In-flight requests in send order: request k + concurrency waits for request k, so
+    // the server's order of any two requests differs from theirs by less than
+    // `concurrency` places.
+    let mut window = std::collections::VecDeque::new();
     let mut k = 0u64;
     loop {
         ticker.tick().await;
         if tokio::time::Instant::now() >= end {
             break;
         }
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        while window
+            .front()
+            .is_some_and(|r: &tokio::task::JoinHandle<()>| r.is_finished())
+        {
+            window.pop_front();
+        }
+        if window.len() >= publisher.concurrency {
             if let Ok(mut o) = outcome.lock() {
                 o.offered += 1;
                 o.skipped += 1;
@@ -772,14 +821,13 @@ async fn publish(
         let (publisher, outcome) = (publisher.clone(), outcome.clone());
         let product = &publisher.product_ids[k as usize % publisher.product_ids.len()];
         let product = product.clone();
-        requests.spawn(async move {
+        window.push_back(tokio::spawn(async move {
             let sent_at = std::time::Instant::now();
             let answer = publisher.api.pin(&publisher.room_id, Some(&product)).await;
             publisher
                 .shared
                 .pin_rtt
                 .record(sent_at.elapsed().as_micros() as u64);
-            drop(slot);
             if let Ok(mut o) = outcome.lock() {
                 match answer {
                     Ok(()) => o.sent += 1,
@@ -789,12 +837,13 @@ async fn publish(
                     }
                 }
             }
-        });
+        }));
         k += 1;
-        while requests.try_join_next().is_some() {}
     }
     // Requests time out after HTTP_TIMEOUT, so this ends.
-    while requests.join_next().await.is_some() {}
+    for request in window {
+        let _ = request.await;
+    }
     let mut outcome = outcome
         .lock()
         .map(|mut o| std::mem::take(&mut *o))
@@ -811,7 +860,8 @@ async fn viewer(mut ws: Ws, first: Vec<Event>, shared: Arc<Shared>, index: usize
         _ => 0,
     };
     let now = (shared.clock.now_us(), common::unix_us());
-    count_events(&shared, index, &first, now, &mut last_seq);
+    let mut offset = 0;
+    count_events(&shared, index, &first, now, &mut last_seq, &mut offset);
     while let Some(message) = ws.next().await {
         let message = match message {
             Ok(Message::Close(_)) | Err(_) => break,
@@ -820,7 +870,9 @@ async fn viewer(mut ws: Ws, first: Vec<Event>, shared: Arc<Shared>, index: usize
         let now = (shared.clock.now_us(), common::unix_us());
         match common::decode(shared.encoding, &message) {
             None => {}
-            Some(Ok(events)) => count_events(&shared, index, &events, now, &mut last_seq),
+            Some(Ok(events)) => {
+                count_events(&shared, index, &events, now, &mut last_seq, &mut offset);
+            }
             Some(Err(_)) => {
                 shared.decode_errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -838,6 +890,7 @@ fn count_events(
     events: &[Event],
     (now_us, now_unix_us): (u64, i64),
     last_seq: &mut u64,
+    offset: &mut i64,
 ) {
     let mut commerce = 0;
     let mut chat = 0;
@@ -852,7 +905,7 @@ fn count_events(
             EventData::ProductPinned(pinned) => {
                 commerce += 1;
                 let product = pinned.product.as_ref().map(|p| p.id.as_str());
-                shared.record_latency(event, product, (now_us, now_unix_us));
+                shared.record_latency(event, product, (now_us, now_unix_us), offset);
             }
             EventData::ChatMessage(_) => chat += 1,
             _ => {}
@@ -869,6 +922,7 @@ fn count_events(
         shared
             .events_in_window
             .fetch_add(events.len() as u64, Ordering::Relaxed);
+        shared.frames_in_window.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -1006,18 +1060,22 @@ mod tests {
     #[test]
     fn events_map_to_their_request_despite_reordering_and_failures() {
         // m = 8 products, base seq 100: request k pins product k % 8.
-        assert_eq!(request_of(101, 100, 0, 8), Some(0));
-        assert_eq!(request_of(110, 100, 1, 8), Some(9));
+        assert_eq!(request_of(101, 100, 0, 0, 8), Some(0));
+        assert_eq!(request_of(110, 100, 0, 1, 8), Some(9));
         // Requests 9 and 10 sequenced in the opposite order.
-        assert_eq!(request_of(110, 100, 2, 8), Some(10));
-        assert_eq!(request_of(111, 100, 1, 8), Some(9));
+        assert_eq!(request_of(110, 100, 0, 2, 8), Some(10));
+        assert_eq!(request_of(111, 100, 0, 1, 8), Some(9));
         // Request 3 failed unsequenced: later seqs lag their request by one.
-        assert_eq!(request_of(104, 100, 4, 8), Some(4));
-        assert_eq!(request_of(105, 100, 5, 8), Some(5));
+        assert_eq!(request_of(104, 100, 0, 4, 8), Some(4));
+        assert_eq!(request_of(105, 100, 0, 5, 8), Some(5));
         // Before the run, or a product of no request: no match.
-        assert_eq!(request_of(100, 100, 0, 8), None);
-        assert_eq!(request_of(101, 100, 7, 8), None);
-        assert_eq!(request_of(101, 100, 0, 0), None);
+        assert_eq!(request_of(100, 100, 0, 0, 8), None);
+        assert_eq!(request_of(101, 100, 0, 7, 8), None);
+        assert_eq!(request_of(101, 100, 0, 0, 0), None);
+        // Twelve requests failed unsequenced: past m / 2 without the offset, exact with
+        // the offset of the previous match.
+        assert_eq!(request_of(151, 100, 0, 6, 8), Some(54));
+        assert_eq!(request_of(151, 100, 12, 6, 8), Some(62));
     }
 
     fn product(id: &str) -> wire::Product {
@@ -1046,6 +1104,7 @@ mod tests {
             commerce_received: AtomicU64::new(0),
             chat_in_window: AtomicU64::new(0),
             events_in_window: AtomicU64::new(0),
+            frames_in_window: AtomicU64::new(0),
             seq_gaps: AtomicU64::new(0),
             decode_errors: AtomicU64::new(0),
             viewers_disconnected: AtomicU64::new(0),
@@ -1074,6 +1133,7 @@ mod tests {
             },
         );
         let mut last = 10;
+        let mut offset = 0;
         // Request 0 (p0) at seq 11; request 1 (p1) at seq 12.
         count_events(
             &shared,
@@ -1081,8 +1141,16 @@ mod tests {
             &[pinned(11, "p0"), chat.clone()],
             (6_000, 4_000),
             &mut last,
+            &mut offset,
         );
-        count_events(&shared, 0, &[pinned(12, "p1")], (9_000, 4_000), &mut last);
+        count_events(
+            &shared,
+            0,
+            &[pinned(12, "p1")],
+            (9_000, 4_000),
+            &mut last,
+            &mut offset,
+        );
         assert_eq!(shared.from_send.count(), 2);
         let p50 = shared.from_send.quantile(0.5).unwrap();
         assert!((5_000..=5_000 + 5_000 / 64).contains(&p50), "{p50}");
@@ -1095,6 +1163,7 @@ mod tests {
             &[pinned(14, "other")],
             (9_000, 4_000),
             &mut last,
+            &mut offset,
         );
         assert_eq!(last, 14);
         assert_eq!(shared.seq_gaps.load(Ordering::Relaxed), 1);

@@ -47,8 +47,32 @@ impl Metrics {
     pub fn render(&self) -> String {
         self.process.collect();
         self.handle.run_upkeep();
-        self.handle.render()
+        with_precise_cpu(self.handle.render(), process_cpu_seconds())
     }
+}
+
+/// User plus system CPU time of this process, in seconds, to the microsecond.
+fn process_cpu_seconds() -> Option<f64> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Some(secs(usage.user_time()) + secs(usage.system_time()))
+}
+
+/// Counters of the metrics facade are integers, which would round the CPU time down
+/// to whole seconds: the sample line is rewritten with the precise value.
+fn with_precise_cpu(text: String, cpu: Option<f64>) -> String {
+    let Some(cpu) = cpu else { return text };
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.starts_with("process_cpu_seconds_total ") {
+            out.push_str(&format!("process_cpu_seconds_total {cpu:.6}"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn describe() {
@@ -78,4 +102,23 @@ pub async fn track(req: Request, next: Next) -> Response {
     metrics::histogram!("harvest_http_request_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_are_rewritten_precisely() {
+        let text =
+            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 0\nother 1\n";
+        let out = with_precise_cpu(text.to_owned(), Some(0.634_2));
+        assert!(
+            out.contains("process_cpu_seconds_total 0.634200\n"),
+            "{out}"
+        );
+        assert!(out.contains("# TYPE process_cpu_seconds_total counter\n"));
+        assert!(out.contains("other 1\n"));
+        assert!(process_cpu_seconds().is_some_and(|s| s > 0.0));
+    }
 }
