@@ -84,13 +84,12 @@ impl MatchStatus {
         }
     }
 
+    /// Every status, in lifecycle order.
+    pub const ALL: [Self; 3] = [Self::Scheduled, Self::Live, Self::Ended];
+
+    /// The status named `s` (the inverse of [`Self::as_str`]).
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "scheduled" => Some(Self::Scheduled),
-            "live" => Some(Self::Live),
-            "ended" => Some(Self::Ended),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
     }
 }
 
