@@ -34,6 +34,9 @@ pub enum ErrorCode {
     HoldPaid,
     HoldExpired,
     HoldReleased,
+    AlreadyRefunded,
+    AmountMismatch,
+    InvalidSignature,
 }
 
 impl ErrorCode {
@@ -66,6 +69,9 @@ impl ErrorCode {
             Self::HoldPaid => "hold_paid",
             Self::HoldExpired => "hold_expired",
             Self::HoldReleased => "hold_released",
+            Self::AlreadyRefunded => "already_refunded",
+            Self::AmountMismatch => "amount_mismatch",
+            Self::InvalidSignature => "invalid_signature",
         }
     }
 
@@ -90,7 +96,10 @@ impl ErrorCode {
             | Self::IdempotencyKeyReused
             | Self::HoldPaid
             | Self::HoldExpired
-            | Self::HoldReleased => 409,
+            | Self::HoldReleased
+            | Self::AlreadyRefunded
+            | Self::AmountMismatch => 409,
+            Self::InvalidSignature => 401,
             Self::InvalidQuantity | Self::MissingIdempotencyKey => 400,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
@@ -128,6 +137,9 @@ impl ErrorCode {
         Self::HoldPaid,
         Self::HoldExpired,
         Self::HoldReleased,
+        Self::AlreadyRefunded,
+        Self::AmountMismatch,
+        Self::InvalidSignature,
     ];
 }
 

@@ -24,7 +24,7 @@ use crate::error::{ApiError, code_for_status};
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
 use crate::redis_check::RedisCheck;
-use crate::routes::{live, ops, products, rooms, sales};
+use crate::routes::{live, ops, orders, products, rooms, sales};
 use crate::state::AppState;
 
 /// Connects and migrates the store, prepares auth and the Redis check.
@@ -60,6 +60,10 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     let flash = crate::flash::FlashSales::start(&settings, store.clone(), live.clone())
         .await
         .context("cannot start the flash-sale engine")?;
+    let payments =
+        crate::payments::Payments::start(&settings, store.clone(), flash.clone(), live.clone())
+            .await
+            .context("cannot start the payment service")?;
     spawn_event_retention(store.clone(), settings.event_retention_days);
     Ok(AppState::new(
         Arc::new(settings),
@@ -69,6 +73,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         Metrics::global(),
         live,
         flash,
+        payments,
     ))
 }
 
@@ -145,6 +150,12 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(sales::allocations))
         .routes(routes!(sales::reserve))
         .routes(routes!(sales::get_hold, sales::release_hold))
+        .routes(routes!(orders::checkout))
+        .routes(routes!(orders::webhook))
+        .routes(routes!(orders::list_orders))
+        .routes(routes!(orders::get_order))
+        .routes(routes!(orders::refund))
+        .routes(routes!(orders::room_orders))
         .routes(routes!(live::room_events))
         .routes(routes!(live::room_stats))
         .routes(routes!(live::mute))

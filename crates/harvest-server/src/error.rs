@@ -96,6 +96,9 @@ impl From<StoreError> for ApiError {
                 format!("the room is {}", status.as_str()),
             )
             .detail("status", status.as_str()),
+            StoreError::AlreadyRefunded => {
+                Self::new(ErrorCode::AlreadyRefunded, "the order was already refunded")
+            }
             StoreError::NotInRoom => {
                 Self::new(ErrorCode::NotInRoom, "the product is not in the room's bag")
             }

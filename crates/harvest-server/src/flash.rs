@@ -110,6 +110,8 @@ impl SaleEntry {
 pub struct Reservation<'a> {
     pub sale_id: &'a str,
     pub user_id: &'a str,
+    /// The buyer's display name (shown masked in `order.placed`).
+    pub user_name: &'a str,
     pub quantity: u32,
     pub idempotency_key: &'a str,
     pub fingerprint: String,
@@ -255,18 +257,38 @@ impl FlashSales {
             .sale_holds(&id)
             .await
             .map_err(|e| StockError::Unavailable(format!("reading the sale record: {e}")))?;
-        let mut sold_by_user: HashMap<String, u64> = HashMap::new();
+        let unavailable =
+            |e: StoreError| StockError::Unavailable(format!("reading the sale record: {e}"));
+        // Orders are the truth about what was paid (a hold row may lag behind its order).
+        let paid: std::collections::HashSet<String> = self
+            .inner
+            .store
+            .sale_paid_holds(&id)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .collect();
+        let sold_by_user: HashMap<String, u64> = self
+            .inner
+            .store
+            .sale_paid_by_user(&id)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(|(user, units)| (user, u64::try_from(units).unwrap_or(0)))
+            .collect();
         let mut engine_holds = Vec::with_capacity(holds.len());
         for h in holds {
-            let status = match h.status.as_str() {
-                "held" => HoldStatus::Held,
-                "paid" => HoldStatus::Paid,
-                "released" => HoldStatus::Released,
-                _ => HoldStatus::Expired,
+            let status = if paid.contains(&h.id) {
+                HoldStatus::Paid
+            } else {
+                match h.status.as_str() {
+                    "held" => HoldStatus::Held,
+                    "paid" => HoldStatus::Paid,
+                    "released" => HoldStatus::Released,
+                    _ => HoldStatus::Expired,
+                }
             };
-            if status == HoldStatus::Paid {
-                *sold_by_user.entry(h.user_id.clone()).or_default() += h.quantity as u64;
-            }
             engine_holds.push(Hold {
                 hold_id: h.id,
                 sale_id: h.sale_id,
@@ -458,7 +480,7 @@ impl FlashSales {
             ReserveOutcome::Held(hold) => {
                 // Recorded on replays too: the first answer may have been lost with its
                 // write (a timeout whose script ran); a final status is never overwritten.
-                self.record(&row, &hold, None);
+                self.record(&row, &hold, None, Some(r.user_name));
                 if hold.hold_id == hold_id {
                     entry.dirty.store(true, Ordering::Release);
                 }
@@ -486,8 +508,25 @@ impl FlashSales {
         Ok(hold_view(&row, &hold, order_id))
     }
 
+    /// A payment for the hold succeeded: its units become sold. Paying a paid hold
+    /// returns it unchanged; a hold that ended unpaid answers
+    /// [`StockError::LateHold`] and takes no stock.
+    pub async fn confirm_paid(&self, row: &SaleRow, hold_id: &str) -> Result<Hold, StockError> {
+        let entry = self.entry(&row.id).await.map_err(|e| {
+            StockError::Unavailable(format!("sale {} unavailable: {}", row.id, e.message))
+        })?;
+        let hold = self
+            .with_sale(&entry, || self.inner.engine.confirm_paid(hold_id, now_ms()))
+            .await?;
+        entry.dirty.store(true, Ordering::Release);
+        Ok(hold)
+    }
+
     /// Finds a hold in the engine, or in SQL when the engine no longer has it.
-    async fn find_hold(&self, hold_id: &str) -> Result<(SaleRow, Hold, Option<String>), ApiError> {
+    pub async fn find_hold(
+        &self,
+        hold_id: &str,
+    ) -> Result<(SaleRow, Hold, Option<String>), ApiError> {
         match self.inner.engine.hold(hold_id).await {
             Ok(hold) => {
                 let row = self.entry(&hold.sale_id).await?.row();
@@ -495,10 +534,11 @@ impl FlashSales {
                     HoldStatus::Paid => self
                         .inner
                         .store
-                        .hold(hold_id)
+                        .order_for_hold(hold_id)
                         .await
                         .ok()
-                        .and_then(|h| h.order_id),
+                        .flatten()
+                        .map(|o| o.id),
                     _ => None,
                 };
                 Ok((row, hold, order_id))
@@ -560,7 +600,7 @@ impl FlashSales {
             }
             Err(e) => return Err(stock_error(e)),
         };
-        self.record(&row, &released, Some(now_ms()));
+        self.record(&row, &released, Some(now_ms()), None);
         self.inner.engine.stock_returned(&row.id);
         entry.dirty.store(true, Ordering::Release);
         Ok(hold_view(&row, &released, None))
@@ -597,23 +637,8 @@ impl FlashSales {
     }
 
     /// Sends a hold's current state to the recorder.
-    fn record(&self, row: &SaleRow, hold: &Hold, ended_at: Option<i64>) {
-        let quantity = i64::from(hold.quantity);
-        let msg = RecordMsg::Hold(HoldRow {
-            id: hold.hold_id.clone(),
-            sale_id: hold.sale_id.clone(),
-            user_id: hold.user_id.clone(),
-            quantity,
-            unit_price: row.price,
-            amount: quantity.saturating_mul(row.price),
-            currency: row.currency.clone(),
-            position: i64::try_from(hold.position).unwrap_or(i64::MAX),
-            status: hold.status.as_str().to_owned(),
-            created_at: hold.created_at_ms,
-            expires_at: hold.expires_at_ms,
-            ended_at,
-            order_id: None,
-        });
+    fn record(&self, row: &SaleRow, hold: &Hold, ended_at: Option<i64>, user_name: Option<&str>) {
+        let msg = RecordMsg::Hold(hold_row(row, hold, ended_at, user_name));
         if self.inner.recorder.send(msg).is_err() {
             tracing::warn!(hold_id = %hold.hold_id, "hold recorder stopped; hold not written to SQL");
         }
@@ -826,7 +851,7 @@ impl FlashSales {
                 match self.entry(&hold.sale_id).await {
                     Ok(entry) => {
                         let row = entry.row();
-                        self.record(&row, hold, Some(hold.expires_at_ms));
+                        self.record(&row, hold, Some(hold.expires_at_ms), None);
                         entry.dirty.store(true, Ordering::Release);
                     }
                     Err(e) => {
@@ -846,6 +871,32 @@ impl FlashSales {
                 return total;
             }
         }
+    }
+}
+
+/// The SQL row of a hold of the sale `row`.
+pub fn hold_row(
+    row: &SaleRow,
+    hold: &Hold,
+    ended_at: Option<i64>,
+    user_name: Option<&str>,
+) -> HoldRow {
+    let quantity = i64::from(hold.quantity);
+    HoldRow {
+        id: hold.hold_id.clone(),
+        sale_id: hold.sale_id.clone(),
+        user_id: hold.user_id.clone(),
+        quantity,
+        unit_price: row.price,
+        amount: quantity.saturating_mul(row.price),
+        currency: row.currency.clone(),
+        position: i64::try_from(hold.position).unwrap_or(i64::MAX),
+        status: hold.status.as_str().to_owned(),
+        created_at: hold.created_at_ms,
+        expires_at: hold.expires_at_ms,
+        ended_at,
+        order_id: None,
+        user_name: user_name.map(str::to_owned),
     }
 }
 
@@ -931,7 +982,7 @@ fn wire_hold_status(status: HoldStatus) -> WireHoldStatus {
     }
 }
 
-fn hold_view(row: &SaleRow, hold: &Hold, order_id: Option<String>) -> harvest_proto::Hold {
+pub fn hold_view(row: &SaleRow, hold: &Hold, order_id: Option<String>) -> harvest_proto::Hold {
     let quantity = i64::from(hold.quantity);
     harvest_proto::Hold {
         id: hold.hold_id.clone(),
@@ -971,7 +1022,7 @@ fn reject_error(reject: Reject) -> ApiError {
 }
 
 /// The API answer of an engine error.
-fn stock_error(e: StockError) -> ApiError {
+pub fn stock_error(e: StockError) -> ApiError {
     match e {
         StockError::SaleNotFound(_) => ApiError::not_found("flash sale"),
         StockError::HoldNotFound(_) => ApiError::not_found("hold"),

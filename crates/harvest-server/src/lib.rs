@@ -17,6 +17,7 @@ pub mod flash;
 pub mod live;
 pub mod metrics;
 pub mod openapi;
+pub mod payments;
 pub mod redis_check;
 pub mod routes;
 pub mod state;

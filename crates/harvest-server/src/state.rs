@@ -20,10 +20,13 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     pub live: crate::live::Live,
     pub flash: crate::flash::FlashSales,
+    pub payments: crate::payments::Payments,
     shutting_down: Arc<AtomicBool>,
 }
 
 impl AppState {
+    /// Assembles the state from its started components.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: Arc<Settings>,
         store: Store,
@@ -32,6 +35,7 @@ impl AppState {
         metrics: crate::metrics::Metrics,
         live: crate::live::Live,
         flash: crate::flash::FlashSales,
+        payments: crate::payments::Payments,
     ) -> Self {
         Self {
             settings,
@@ -41,6 +45,7 @@ impl AppState {
             metrics,
             live,
             flash,
+            payments,
             shutting_down: Arc::new(AtomicBool::new(false)),
         }
     }

@@ -11,6 +11,8 @@ pub enum StoreError {
     InvalidState(RoomStatus),
     #[error("the product is not in the room")]
     NotInRoom,
+    #[error("the order was already refunded")]
+    AlreadyRefunded,
     /// The database could not be reached or did not answer in time; the outcome of a
     /// write that failed this way is unknown.
     #[error("database unavailable: {0}")]

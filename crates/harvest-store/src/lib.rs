@@ -13,6 +13,7 @@
 mod error;
 mod events;
 mod moderation;
+mod orders;
 mod products;
 mod rooms;
 mod sales;
@@ -20,6 +21,7 @@ mod store;
 
 pub use error::StoreError;
 pub use events::RoomEventRecord;
+pub use orders::{OrderStats, PaidOrder};
 pub use products::{NewProduct, ProductFilter};
 pub use rooms::{NewRoom, RoomFilter};
 pub use sales::{HoldRow, NewSale, SalePhase, SaleRow};

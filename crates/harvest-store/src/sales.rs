@@ -86,7 +86,7 @@ impl SaleRow {
 }
 
 /// A stored hold. Times are ms since the Unix epoch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HoldRow {
     pub id: String,
     pub sale_id: String,
@@ -102,13 +102,15 @@ pub struct HoldRow {
     pub expires_at: i64,
     pub ended_at: Option<i64>,
     pub order_id: Option<String>,
+    /// The buyer's display name when the hold was made.
+    pub user_name: Option<String>,
 }
 
 const SALE_COLUMNS: &str = "id, room_id, product_id, price, currency, stock, per_user_limit, \
      starts_at, ends_at, hold_ttl_s, phase, ended_early_at, created_at";
 
 const HOLD_COLUMNS: &str = "id, sale_id, user_id, quantity, unit_price, amount, currency, \
-     position, status, created_at, expires_at, ended_at, order_id";
+     position, status, created_at, expires_at, ended_at, order_id, user_name";
 
 fn sale_from_row(row: &AnyRow) -> Result<SaleRow, sqlx::Error> {
     let phase: String = row.try_get("phase")?;
@@ -147,6 +149,7 @@ fn hold_from_row(row: &AnyRow) -> Result<HoldRow, sqlx::Error> {
         expires_at: row.try_get("expires_at")?,
         ended_at: row.try_get("ended_at")?,
         order_id: row.try_get("order_id")?,
+        user_name: row.try_get("user_name")?,
     })
 }
 
@@ -282,29 +285,7 @@ impl Store {
         self.timed(async {
             let mut tx = self.pool.begin().await?;
             for h in holds {
-                sqlx::query(
-                    "INSERT INTO holds (id, sale_id, user_id, quantity, unit_price, amount, \
-                     currency, position, status, created_at, expires_at, ended_at, order_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                     ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
-                     ended_at = excluded.ended_at, order_id = excluded.order_id \
-                     WHERE holds.status = 'held'",
-                )
-                .bind(&h.id)
-                .bind(&h.sale_id)
-                .bind(&h.user_id)
-                .bind(h.quantity)
-                .bind(h.unit_price)
-                .bind(h.amount)
-                .bind(&h.currency)
-                .bind(h.position)
-                .bind(&h.status)
-                .bind(h.created_at)
-                .bind(h.expires_at)
-                .bind(h.ended_at)
-                .bind(&h.order_id)
-                .execute(&mut *tx)
-                .await?;
+                upsert_hold(&mut tx, h).await?;
             }
             tx.commit().await
         })
@@ -356,4 +337,36 @@ impl Store {
             .collect::<Result<_, _>>()
             .map_err(StoreError::from)
     }
+}
+
+/// Inserts a hold, or moves a known one from `held` to the given status.
+pub(crate) async fn upsert_hold(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    h: &HoldRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO holds (id, sale_id, user_id, quantity, unit_price, amount, \
+         currency, position, status, created_at, expires_at, ended_at, order_id, user_name) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
+         ended_at = excluded.ended_at, order_id = excluded.order_id \
+         WHERE holds.status = 'held'",
+    )
+    .bind(&h.id)
+    .bind(&h.sale_id)
+    .bind(&h.user_id)
+    .bind(h.quantity)
+    .bind(h.unit_price)
+    .bind(h.amount)
+    .bind(&h.currency)
+    .bind(h.position)
+    .bind(&h.status)
+    .bind(h.created_at)
+    .bind(h.expires_at)
+    .bind(h.ended_at)
+    .bind(&h.order_id)
+    .bind(&h.user_name)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -157,18 +157,18 @@ pub async fn room_stats(
         ));
     }
     let s = state.live.room_stats(&id);
-    // Orders arrive with checkout; until a room has paid orders its figures are zero.
-    let buyers_distinct = 0u64;
+    let o = state.store.room_order_stats(&id).await?;
+    let buyers_distinct = o.buyers_distinct.max(0) as u64;
     Ok(axum::Json(RoomStatsBody {
         viewers_now: s.viewers_now,
         viewers_peak: s.viewers_peak,
         viewers_unique: s.viewers_unique,
         likes: s.likes,
         chat_messages: s.chat_messages,
-        orders_paid: 0,
-        gmv_paid: 0,
+        orders_paid: o.orders_paid.max(0) as u64,
+        gmv_paid: o.gmv_paid,
         buyers_distinct,
-        refunds: 0,
+        refunds: o.refunds.max(0) as u64,
         conversion: if s.viewers_unique == 0 {
             0.0
         } else {

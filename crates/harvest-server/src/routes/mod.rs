@@ -4,6 +4,7 @@
 
 pub mod live;
 pub mod ops;
+pub mod orders;
 pub mod products;
 pub mod rooms;
 pub mod sales;

@@ -49,6 +49,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             }
         };
     }
+    let depth = state.payments.journal_depth().await;
+    if depth > 0 {
+        // Paid orders wait in the journal for SQL: degraded until they are written.
+        ok = false;
+        checks.insert("journal_depth".into(), Value::from(depth));
+    }
     if state.is_shutting_down() {
         ok = false;
         checks.insert("shutdown".into(), Value::from("in progress"));

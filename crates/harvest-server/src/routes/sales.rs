@@ -298,6 +298,7 @@ pub async fn reserve(
         .reserve(Reservation {
             sale_id: &id,
             user_id: &user.id,
+            user_name: &user.name,
             quantity,
             idempotency_key: &key,
             fingerprint,

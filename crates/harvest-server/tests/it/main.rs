@@ -3,6 +3,7 @@
 
 mod authz;
 mod ops;
+mod orders;
 mod process;
 mod products;
 mod rooms;

@@ -132,6 +132,12 @@ async fn openapi_documents_every_route_with_errors() {
         ("/api/v1/flash-sales/{id}/allocations", &["get"]),
         ("/api/v1/flash-sales/{id}/reservations", &["post"]),
         ("/api/v1/holds/{id}", &["get", "delete"]),
+        ("/api/v1/holds/{id}/checkout", &["post"]),
+        ("/api/v1/payments/webhook", &["post"]),
+        ("/api/v1/orders", &["get"]),
+        ("/api/v1/orders/{id}", &["get"]),
+        ("/api/v1/orders/{id}/refund", &["post"]),
+        ("/api/v1/rooms/{id}/orders", &["get"]),
     ];
     for (path, methods) in expected {
         let item = paths

@@ -417,6 +417,7 @@ fn hold_row(id: &str, sale: &str, user: &str, position: i64, status: &str) -> Ho
         expires_at: 301_000,
         ended_at: None,
         order_id: None,
+        user_name: Some("Zhang San".into()),
     }
 }
 
@@ -466,7 +467,10 @@ async fn sales_phases_advance_once_and_holds_keep_their_final_status() {
     let mut expired = h1.clone();
     expired.status = "expired".into();
     expired.ended_at = Some(301_000);
-    store.record_holds(std::slice::from_ref(&expired)).await.unwrap();
+    store
+        .record_holds(std::slice::from_ref(&expired))
+        .await
+        .unwrap();
     // A late, stale write of the first state changes nothing.
     store.record_holds(std::slice::from_ref(&h1)).await.unwrap();
     assert_eq!(store.hold("h1").await.unwrap(), expired);
