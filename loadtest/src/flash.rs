@@ -41,6 +41,8 @@ const MIN_SOLD_OUT_RATIO: f64 = 0.8;
 const CLIENT_BOUND_CORES: f64 = 0.9;
 /// Allocations fetched per page (the API's maximum).
 const ALLOCATION_PAGE: u32 = 500;
+/// Longest wait for the allocation list to agree with the sale's counters.
+const ALLOCATIONS_SETTLE: Duration = Duration::from_secs(10);
 
 /// Arguments of `harvest-loadtest flash-sale`.
 #[derive(Debug, clap::Args)]
@@ -628,6 +630,9 @@ pub struct FlashSummary {
     pub healthz_client_cpu_cores: f64,
     pub sale: SaleCheck,
     pub allocations: AllocationCheck,
+    /// How long after the run the allocation list was last read (it is read again, up
+    /// to 10 s, while it does not check out: holds may reach SQL behind the engine).
+    pub allocations_read_after_ms: u64,
     pub sold_out_phase: SoldOutPhase,
     /// Server CPU over the storm (from `/metrics`), when readable.
     pub server_cpu_s: Option<f64>,
@@ -1421,18 +1426,28 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
     all_holds.extend(so_tally.holds.iter().map(|(k, v)| (k.clone(), *v)));
     let sale_check = check_sale(&final_sale, args.stock, units_told);
     let max_pages = (args.stock / u64::from(ALLOCATION_PAGE)) + 10;
-    let allocation_check = match allocations(&owner, &sale_id, max_pages).await {
-        Ok(items) => check_allocations(
-            &items,
-            final_sale.held + final_sale.sold,
-            &all_holds,
-            &user_of,
-        ),
-        Err(e) => {
-            report::note(None, format!("cannot read the allocations: {e:#}"));
-            AllocationCheck::default()
+    // The server may record holds in SQL behind the stock engine: read the list again
+    // until it checks out or ALLOCATIONS_SETTLE has passed.
+    let read_from = Instant::now();
+    let allocation_check = loop {
+        let check = match allocations(&owner, &sale_id, max_pages).await {
+            Ok(items) => check_allocations(
+                &items,
+                final_sale.held + final_sale.sold,
+                &all_holds,
+                &user_of,
+            ),
+            Err(e) => {
+                report::note(None, format!("cannot read the allocations: {e:#}"));
+                break AllocationCheck::default();
+            }
+        };
+        if check.ok || read_from.elapsed() >= ALLOCATIONS_SETTLE {
+            break check;
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    let allocations_read_after_ms = read_from.elapsed().as_millis() as u64;
 
     // Cleanup: end the sale and the room.
     if let Err(e) = owner
@@ -1512,6 +1527,7 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
         healthz_client_cpu_cores: round2(hz.client_cores()),
         sale: sale_check,
         allocations: allocation_check,
+        allocations_read_after_ms,
         sold_out_phase,
         server_cpu_s,
         server_cpu_cores: server_cpu_s.map(|c| round2(c / storm.elapsed_s.max(1e-9))),
