@@ -108,6 +108,85 @@ pub struct Order {
     pub refunded_at: Option<DateTime<Utc>>,
 }
 
+/// Where a hold stands: `held`, then exactly one of `paid`, `released`, `expired`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldStatus {
+    #[default]
+    Held,
+    Paid,
+    Released,
+    Expired,
+}
+
+impl HoldStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Paid => "paid",
+            Self::Released => "released",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "held" => Some(Self::Held),
+            "paid" => Some(Self::Paid),
+            "released" => Some(Self::Released),
+            "expired" => Some(Self::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// Units of a flash sale set aside for one buyer until paid, released or expired.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Hold {
+    pub id: String,
+    pub sale_id: String,
+    pub user_id: String,
+    pub quantity: i64,
+    /// The sale's price per unit when the hold was made.
+    pub unit_price: i64,
+    /// `quantity × unit_price`, what the buyer pays.
+    pub amount: i64,
+    pub currency: String,
+    pub status: HoldStatus,
+    pub created_at: DateTime<Utc>,
+    /// When the hold ends unless paid.
+    pub expires_at: DateTime<Utc>,
+    /// The order that paid the hold; null unless `status` is `paid`.
+    pub order_id: Option<String>,
+}
+
+/// One successful hold of a flash sale in allocation order: who got which units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Allocation {
+    /// 1, 2, 3, ... in the order the reservations were admitted (first come, first served).
+    pub position: u64,
+    pub hold_id: String,
+    pub user_id: String,
+    pub quantity: i64,
+    /// The hold's current status.
+    pub status: HoldStatus,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A page of a flash sale's allocation record.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AllocationList {
+    pub items: Vec<Allocation>,
+    pub next_cursor: Option<String>,
+}
+
+/// A page of flash sales.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SaleList {
+    pub items: Vec<Sale>,
+    pub next_cursor: Option<String>,
+}
+
 impl WireEnum for SaleStatus {
     const WHAT: &'static str = "sale status";
     fn as_str(self) -> &'static str {

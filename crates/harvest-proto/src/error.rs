@@ -22,6 +22,18 @@ pub enum ErrorCode {
     DuplicateSku,
     InvalidState,
     NotInRoom,
+    RoomEnded,
+    NotStarted,
+    SaleEnded,
+    SoldOut,
+    LimitExceeded,
+    InsufficientStock,
+    InvalidQuantity,
+    MissingIdempotencyKey,
+    IdempotencyKeyReused,
+    HoldPaid,
+    HoldExpired,
+    HoldReleased,
 }
 
 impl ErrorCode {
@@ -42,6 +54,18 @@ impl ErrorCode {
             Self::DuplicateSku => "duplicate_sku",
             Self::InvalidState => "invalid_state",
             Self::NotInRoom => "not_in_room",
+            Self::RoomEnded => "room_ended",
+            Self::NotStarted => "not_started",
+            Self::SaleEnded => "sale_ended",
+            Self::SoldOut => "sold_out",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::InsufficientStock => "insufficient_stock",
+            Self::InvalidQuantity => "invalid_quantity",
+            Self::MissingIdempotencyKey => "missing_idempotency_key",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::HoldPaid => "hold_paid",
+            Self::HoldExpired => "hold_expired",
+            Self::HoldReleased => "hold_released",
         }
     }
 
@@ -53,7 +77,21 @@ impl ErrorCode {
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
-            Self::Conflict | Self::DuplicateSku | Self::InvalidState | Self::NotInRoom => 409,
+            Self::Conflict
+            | Self::DuplicateSku
+            | Self::InvalidState
+            | Self::NotInRoom
+            | Self::RoomEnded
+            | Self::NotStarted
+            | Self::SaleEnded
+            | Self::SoldOut
+            | Self::LimitExceeded
+            | Self::InsufficientStock
+            | Self::IdempotencyKeyReused
+            | Self::HoldPaid
+            | Self::HoldExpired
+            | Self::HoldReleased => 409,
+            Self::InvalidQuantity | Self::MissingIdempotencyKey => 400,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::RateLimited => 429,
@@ -78,6 +116,18 @@ impl ErrorCode {
         Self::DuplicateSku,
         Self::InvalidState,
         Self::NotInRoom,
+        Self::RoomEnded,
+        Self::NotStarted,
+        Self::SaleEnded,
+        Self::SoldOut,
+        Self::LimitExceeded,
+        Self::InsufficientStock,
+        Self::InvalidQuantity,
+        Self::MissingIdempotencyKey,
+        Self::IdempotencyKeyReused,
+        Self::HoldPaid,
+        Self::HoldExpired,
+        Self::HoldReleased,
     ];
 }
 

@@ -17,7 +17,9 @@ mod error;
 mod types;
 pub mod ws;
 
-pub use commerce::{Order, OrderStatus, Sale, SaleStatus};
+pub use commerce::{
+    Allocation, AllocationList, Hold, HoldStatus, Order, OrderStatus, Sale, SaleList, SaleStatus,
+};
 pub use contest::{Match, MatchStatus, Metric, Metrics, Score, Standings, StandingsRow};
 pub use error::{ErrorBody, ErrorCode, ErrorObject};
 pub use types::*;

@@ -24,7 +24,7 @@ use crate::error::{ApiError, code_for_status};
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
 use crate::redis_check::RedisCheck;
-use crate::routes::{live, ops, products, rooms};
+use crate::routes::{live, ops, products, rooms, sales};
 use crate::state::AppState;
 
 /// Connects and migrates the store, prepares auth and the Redis check.
@@ -57,6 +57,9 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         .context("invalid redis_url")?;
     let live = crate::live::Live::start(&settings, store.clone());
     live.spawn_presence();
+    let flash = crate::flash::FlashSales::start(&settings, store.clone(), live.clone())
+        .await
+        .context("cannot start the flash-sale engine")?;
     spawn_event_retention(store.clone(), settings.event_retention_days);
     Ok(AppState::new(
         Arc::new(settings),
@@ -65,6 +68,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         redis,
         Metrics::global(),
         live,
+        flash,
     ))
 }
 
@@ -135,6 +139,12 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(rooms::add_room_product))
         .routes(routes!(rooms::remove_room_product))
         .routes(routes!(rooms::pin_product))
+        .routes(routes!(sales::create_sale))
+        .routes(routes!(sales::get_sale))
+        .routes(routes!(sales::end_sale))
+        .routes(routes!(sales::allocations))
+        .routes(routes!(sales::reserve))
+        .routes(routes!(sales::get_hold, sales::release_hold))
         .routes(routes!(live::room_events))
         .routes(routes!(live::room_stats))
         .routes(routes!(live::mute))
@@ -255,6 +265,9 @@ pub async fn serve(
             tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish in time");
             server.abort();
         }
+    }
+    if !state.flash.stop(Duration::from_secs(1)).await {
+        tracing::warn!("hold records not yet in SQL at shutdown");
     }
     if !state.live.flush(Duration::from_secs(1)).await {
         tracing::warn!("room events not yet in SQL at shutdown");

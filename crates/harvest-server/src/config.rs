@@ -155,6 +155,11 @@ pub struct Settings {
     pub chat_max_chars: usize,
     /// `like` frames a connection may send per second.
     pub likes_per_connection_per_s: u32,
+    /// Reservations a user may make per second, and the burst allowed (past it: 429).
+    pub reservations_per_user_per_s: u32,
+    pub reservations_burst: u32,
+    /// How often due holds are looked for and expired, in milliseconds.
+    pub hold_sweep_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -193,6 +198,9 @@ impl Default for Settings {
             chat_burst: 5,
             chat_max_chars: 200,
             likes_per_connection_per_s: 10,
+            reservations_per_user_per_s: 20,
+            reservations_burst: 20,
+            hold_sweep_interval_ms: 250,
         }
     }
 }
@@ -240,6 +248,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("chat_burst", Kind::Int),
     ("chat_max_chars", Kind::Int),
     ("likes_per_connection_per_s", Kind::Int),
+    ("reservations_per_user_per_s", Kind::Int),
+    ("reservations_burst", Kind::Int),
+    ("hold_sweep_interval_ms", Kind::Int),
 ];
 
 /// Settings given as command-line flags (the top layer).

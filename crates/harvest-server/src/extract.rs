@@ -186,6 +186,40 @@ pub fn safe_uint<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     }
 }
 
+/// Deserializes an integer in `−(2^53−1)..=2^53−1`, for fields whose own range check
+/// answers a domain code (a negative quantity is `invalid_quantity`, not malformed).
+pub fn safe_int<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(d)?;
+    match number.as_i64() {
+        Some(n) if (-MAX_SAFE_INT..=MAX_SAFE_INT).contains(&n) => Ok(n),
+        _ if number.is_f64() => Err(serde::de::Error::custom(format!(
+            "expected an integer, got {number}"
+        ))),
+        _ => Err(serde::de::Error::custom(format!(
+            "integer out of range: expected -{MAX_SAFE_INT}..={MAX_SAFE_INT}"
+        ))),
+    }
+}
+
+/// The `Idempotency-Key` header: 1–128 printable ASCII characters. Absent: 400
+/// `missing_idempotency_key`; malformed: 400 `bad_request` naming the header.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Err(ApiError::new(
+            ErrorCode::MissingIdempotencyKey,
+            "this request needs an Idempotency-Key header",
+        ));
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > 128 || !bytes.iter().all(|b| (0x20..0x7f).contains(b)) {
+        return Err(ApiError::field(
+            "Idempotency-Key",
+            "Idempotency-Key must be 1 to 128 printable ASCII characters",
+        ));
+    }
+    Ok(String::from_utf8_lossy(bytes).into_owned())
+}
+
 /// A `limit`/`cursor` pair of a list endpoint, validated.
 #[derive(Debug, Clone)]
 pub struct Paging {
@@ -241,6 +275,23 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .filter(|id| uuid_like(id))
+        .ok_or_else(|| ApiError::field("cursor", "invalid cursor"))
+}
+
+/// A cursor over positions (1, 2, ...): opaque to clients like the id cursors.
+pub fn encode_position_cursor(position: u64) -> String {
+    encode_cursor(&format!("p{position}"))
+}
+
+/// The position a [`encode_position_cursor`] cursor stands for; 400 naming `cursor`
+/// when it is not one.
+pub fn decode_position_cursor(cursor: &str) -> Result<u64, ApiError> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix('p').and_then(|n| n.parse::<u64>().ok()))
         .ok_or_else(|| ApiError::field("cursor", "invalid cursor"))
 }
 

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod flash;
 pub mod live;
 pub mod metrics;
 pub mod openapi;

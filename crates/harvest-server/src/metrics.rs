@@ -85,6 +85,15 @@ fn describe() {
         metrics::Unit::Seconds,
         "HTTP request latency by route template"
     );
+    metrics::describe_counter!(
+        "harvest_reservations_total",
+        "Flash-sale reservations answered, by outcome (held or the error code)"
+    );
+    metrics::describe_histogram!(
+        "harvest_reservation_seconds",
+        metrics::Unit::Seconds,
+        "Time to answer a reservation, engine call included"
+    );
 }
 
 /// Middleware counting every answered request by route template and status.

@@ -19,6 +19,7 @@ pub struct AppState {
     pub redis: Option<RedisCheck>,
     pub metrics: crate::metrics::Metrics,
     pub live: crate::live::Live,
+    pub flash: crate::flash::FlashSales,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -30,6 +31,7 @@ impl AppState {
         redis: Option<RedisCheck>,
         metrics: crate::metrics::Metrics,
         live: crate::live::Live,
+        flash: crate::flash::FlashSales,
     ) -> Self {
         Self {
             settings,
@@ -38,6 +40,7 @@ impl AppState {
             redis,
             metrics,
             live,
+            flash,
             shutting_down: Arc::new(AtomicBool::new(false)),
         }
     }

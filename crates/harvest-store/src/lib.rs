@@ -15,12 +15,14 @@ mod events;
 mod moderation;
 mod products;
 mod rooms;
+mod sales;
 mod store;
 
 pub use error::StoreError;
 pub use events::RoomEventRecord;
 pub use products::{NewProduct, ProductFilter};
 pub use rooms::{NewRoom, RoomFilter};
+pub use sales::{HoldRow, NewSale, SalePhase, SaleRow};
 pub use store::{Backend, Store, StoreOptions};
 
 /// A page request: items after `after` (an id), at most `limit` of them.

@@ -200,6 +200,46 @@ impl TestApp {
         Self::read(req.send().await.expect("request sent")).await
     }
 
+    /// Like [`TestApp::request`], with extra headers.
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> TestResponse {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        Self::read(req.send().await.expect("request sent")).await
+    }
+
+    /// Reserves units of a flash sale with an `Idempotency-Key`.
+    pub async fn reserve(
+        &self,
+        token: &str,
+        sale_id: &str,
+        key: &str,
+        body: &Value,
+    ) -> TestResponse {
+        self.request_with(
+            Method::POST,
+            &format!("/api/v1/flash-sales/{sale_id}/reservations"),
+            Some(token),
+            &[("Idempotency-Key", key)],
+            Some(body),
+        )
+        .await
+    }
+
     /// Sends raw bytes with a content type of the test's choosing.
     pub async fn raw(
         &self,

@@ -41,7 +41,7 @@ pub async fn snapshot(
         likes: channel.likes(),
         pinned_product,
         products,
-        sales: Vec::new(),
+        sales: state.flash.room_sales(&room.id).await?,
         r#match: None,
         standings: Vec::new(),
         recent_chat: state.live.recent_chat(&room.id),

@@ -6,6 +6,7 @@ pub mod live;
 pub mod ops;
 pub mod products;
 pub mod rooms;
+pub mod sales;
 
 use crate::error::ApiError;
 

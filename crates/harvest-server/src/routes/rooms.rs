@@ -180,14 +180,16 @@ pub async fn get_room(
         state.store.room_products(&id),
         state.store.pinned_product(&id)
     )?;
+    let active_sale_ids = state.flash.room_sale_ids(&id).await?;
+    let stats = state.live.room_stats(&id);
     Ok(axum::Json(RoomDetail {
         room,
         live: RoomLive {
-            viewers: 0,
-            likes: 0,
+            viewers: stats.viewers_now,
+            likes: stats.likes,
             pinned_product_id,
             product_ids,
-            active_sale_ids: Vec::new(),
+            active_sale_ids,
             match_id: None,
         },
     }))
@@ -240,6 +242,8 @@ pub async fn end_room(
 ) -> Result<axum::Json<Room>, ApiError> {
     owned_room(&state, &user, &id).await?;
     let room = state.store.end_room(&id).await?;
+    // Running sales end with the room; their holds stay payable until they expire.
+    state.flash.end_room(&id).await?;
     announce(
         &state,
         &id,

@@ -6,5 +6,6 @@ mod ops;
 mod process;
 mod products;
 mod rooms;
+mod sales;
 mod tokens;
 mod ws;

@@ -126,6 +126,12 @@ async fn openapi_documents_every_route_with_errors() {
         ("/api/v1/rooms/{id}/moderation/bans", &["post"]),
         ("/api/v1/rooms/{id}/chat/{message_id}", &["delete"]),
         ("/ws/rooms/{room_id}", &["get"]),
+        ("/api/v1/rooms/{id}/flash-sales", &["post"]),
+        ("/api/v1/flash-sales/{id}", &["get"]),
+        ("/api/v1/flash-sales/{id}/end", &["post"]),
+        ("/api/v1/flash-sales/{id}/allocations", &["get"]),
+        ("/api/v1/flash-sales/{id}/reservations", &["post"]),
+        ("/api/v1/holds/{id}", &["get", "delete"]),
     ];
     for (path, methods) in expected {
         let item = paths

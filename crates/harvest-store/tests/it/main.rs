@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use harvest_proto::RoomStatus;
 use harvest_store::{
-    Backend, NewProduct, NewRoom, PageRequest, ProductFilter, RoomFilter, Store, StoreError,
-    StoreOptions,
+    Backend, HoldRow, NewProduct, NewRoom, NewSale, PageRequest, ProductFilter, RoomFilter,
+    SalePhase, Store, StoreError, StoreOptions,
 };
 use harvest_testkit::{TestBackend, TestDatabase};
 
@@ -400,4 +400,100 @@ async fn bans_and_mutes_are_kept() {
     let mut mutes = store.room_mutes("r", 2_000).await.unwrap();
     mutes.sort();
     assert_eq!(mutes, vec![("a".to_owned(), 9_000)]);
+}
+
+fn hold_row(id: &str, sale: &str, user: &str, position: i64, status: &str) -> HoldRow {
+    HoldRow {
+        id: id.into(),
+        sale_id: sale.into(),
+        user_id: user.into(),
+        quantity: 2,
+        unit_price: 990,
+        amount: 1980,
+        currency: "CNY".into(),
+        position,
+        status: status.into(),
+        created_at: 1_000,
+        expires_at: 301_000,
+        ended_at: None,
+        order_id: None,
+    }
+}
+
+#[tokio::test]
+async fn sales_phases_advance_once_and_holds_keep_their_final_status() {
+    let (store, _db) = store().await;
+    let p = store
+        .create_product(product("s1", "kiwi", "Kiwi"))
+        .await
+        .unwrap();
+    let r = store.create_room(room("s1")).await.unwrap();
+    let sale = store
+        .create_sale(NewSale {
+            room_id: r.id.clone(),
+            product_id: p.id.clone(),
+            price: 990,
+            currency: "CNY".into(),
+            stock: 10,
+            per_user_limit: 2,
+            starts_at: 5_000,
+            ends_at: 305_000,
+            hold_ttl_s: 300,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.sale(&sale.id).await.unwrap(), sale);
+    assert_eq!(sale.phase, SalePhase::Scheduled);
+    assert_eq!(store.open_sales().await.unwrap(), vec![sale.clone()]);
+
+    // Exactly one of two concurrent movers wins.
+    let (a, b) = tokio::join!(
+        store.advance_sale_phase(&sale.id, SalePhase::Scheduled, SalePhase::Live),
+        store.advance_sale_phase(&sale.id, SalePhase::Scheduled, SalePhase::Live)
+    );
+    assert!(a.unwrap() ^ b.unwrap());
+
+    let ended = store.end_sale_early(&sale.id, 9_000).await.unwrap();
+    assert_eq!(ended.ended_early_at, Some(9_000));
+    assert_eq!(ended.closes_at(), 9_000);
+    // The first early end stands.
+    let again = store.end_sale_early(&sale.id, 12_000).await.unwrap();
+    assert_eq!(again.ended_early_at, Some(9_000));
+
+    let h1 = hold_row("h1", &sale.id, "u1", 1, "held");
+    let h2 = hold_row("h2", &sale.id, "u2", 2, "held");
+    store.record_holds(&[h1.clone(), h2.clone()]).await.unwrap();
+    let mut expired = h1.clone();
+    expired.status = "expired".into();
+    expired.ended_at = Some(301_000);
+    store.record_holds(std::slice::from_ref(&expired)).await.unwrap();
+    // A late, stale write of the first state changes nothing.
+    store.record_holds(std::slice::from_ref(&h1)).await.unwrap();
+    assert_eq!(store.hold("h1").await.unwrap(), expired);
+    assert_eq!(store.sale_holds(&sale.id).await.unwrap(), vec![expired, h2]);
+    assert!(matches!(
+        store.hold("nope").await,
+        Err(StoreError::NotFound)
+    ));
+
+    assert!(
+        store
+            .ended_sales_with_open_holds()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .advance_sale_phase(&sale.id, SalePhase::Live, SalePhase::Ended)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.ended_sales_with_open_holds().await.unwrap(),
+        vec![sale.id.clone()]
+    );
+    assert!(store.open_sales().await.unwrap().is_empty());
+    assert_eq!(store.room_sales(&r.id, false).await.unwrap().len(), 1);
+    assert!(store.room_sales(&r.id, true).await.unwrap().is_empty());
 }
