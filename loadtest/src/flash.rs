@@ -621,6 +621,15 @@ pub struct FlashSummary {
     pub hold_mismatches: u64,
     pub transport_errors: u64,
     pub max_ms: Option<f64>,
+    /// Latency of the answers that gave a hold, and of the refusals (4xx).
+    pub hold_p50_ms: Option<f64>,
+    pub hold_p99_ms: Option<f64>,
+    pub refusal_p50_ms: Option<f64>,
+    pub refusal_p99_ms: Option<f64>,
+    /// When the last hold was given, from the storm's start, and holds per second up to
+    /// then.
+    pub last_hold_ms: Option<f64>,
+    pub holds_per_s: Option<f64>,
     pub storm_s: f64,
     pub storm_client_cpu_cores: f64,
     pub healthz_requests: u64,
@@ -766,12 +775,24 @@ impl Summary for FlashSummary {
             (
                 "sold_out_after_ms",
                 opt_ms(self.sold_out_after_ms),
-                "from the storm's start".into(),
+                format!(
+                    "from the storm's start; last hold at {} ms, {} holds/s",
+                    opt_ms(self.last_hold_ms),
+                    self.holds_per_s
+                        .map_or_else(|| "-".into(), |r| format!("{r:.0}"))
+                ),
             ),
             (
                 "p50_ms",
                 opt_ms(self.p50_ms),
-                format!("healthz {}", opt_ms(self.healthz_p50_ms)),
+                format!(
+                    "healthz {}; holds p50 {} p99 {}, refusals p50 {} p99 {}",
+                    opt_ms(self.healthz_p50_ms),
+                    opt_ms(self.hold_p50_ms),
+                    opt_ms(self.hold_p99_ms),
+                    opt_ms(self.refusal_p50_ms),
+                    opt_ms(self.refusal_p99_ms)
+                ),
             ),
             (
                 "p99_ms",
@@ -1356,6 +1377,16 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
     let server_after = owner.server_sample().await.ok();
     let storm_tally = tally(&storm_plan, &storm.records, &user_of);
     let storm_latency = storm.latency();
+    let (hold_latency, refusal_latency) = (Histogram::new(), Histogram::new());
+    let mut last_hold_us = None::<u64>;
+    for r in &storm.records {
+        if r.hold.is_some() {
+            hold_latency.record(r.latency_us);
+            last_hold_us = Some(last_hold_us.map_or(r.at_us, |l| l.max(r.at_us)));
+        } else if (400..500).contains(&r.status) {
+            refusal_latency.record(r.latency_us);
+        }
+    }
 
     // S2: more reservations once sold out.
     let after_storm = sale_state(&owner, &sale_id)
@@ -1518,6 +1549,12 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
         hold_mismatches: storm_tally.hold_mismatches + so_tally.hold_mismatches,
         transport_errors: storm_tally.transport_errors,
         max_ms: (storm_latency.count() > 0).then(|| ms(storm_latency.max())),
+        hold_p50_ms: hold_latency.quantile(0.50).map(ms),
+        hold_p99_ms: hold_latency.quantile(0.99).map(ms),
+        refusal_p50_ms: refusal_latency.quantile(0.50).map(ms),
+        refusal_p99_ms: refusal_latency.quantile(0.99).map(ms),
+        last_hold_ms: last_hold_us.map(ms),
+        holds_per_s: last_hold_us.map(|us| per_s(storm_tally.holds.len() as u64, us as f64 / 1e6)),
         storm_s: round2(storm.elapsed_s),
         storm_client_cpu_cores: round2(storm.client_cores()),
         healthz_requests: hz.records.len() as u64,
