@@ -301,7 +301,9 @@ impl Api {
         Ok(())
     }
 
-    async fn call(
+    /// One request to the API with this client's token; the answer's JSON (`Null` when
+    /// empty), or an error naming the request and the status.
+    pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -9,6 +9,9 @@
 //!   pin toggles at a fixed rate, and chatters; measures commerce loss and latency, chat
 //!   and delivery rates, and server and client CPU.
 //! - `idle` (F2): many idle connections; measures the server's RSS per connection.
+//! - `flash-sale` (S3, S2): a reservation storm on one flash sale through HTTP, checked
+//!   for overselling, per-user limits and idempotency, against `GET /healthz` with the
+//!   same client; then the rejection rate once the sale is sold out.
 //!
 //! `--json` prints one summary object on stdout; progress bars and a human table go to
 //! stderr. Every run also reports this process's own CPU time and marks a run whose
@@ -16,6 +19,7 @@
 
 mod common;
 mod fanout;
+mod flash;
 mod hist;
 mod idle;
 mod report;
@@ -38,6 +42,8 @@ enum Command {
     Fanout(fanout::FanoutArgs),
     /// F2: many idle connections held open; server memory per connection.
     Idle(idle::IdleArgs),
+    /// S3 and S2: flash-sale reservation storm through HTTP, then rejections once sold out.
+    FlashSale(flash::FlashSaleArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +62,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Fanout(args) => fanout::run(args).await,
             Command::Idle(args) => idle::run(args).await,
+            Command::FlashSale(args) => flash::run(args).await,
         }
     });
     // Connection tasks are aborted by the scenarios; do not wait on stragglers.
@@ -102,6 +109,52 @@ mod tests {
         };
         assert_eq!((i.connections, i.hold), (50_000, 10));
         assert_eq!(i.target.url, "http://127.0.0.1:8080");
+        let cli = Cli::try_parse_from(["harvest-loadtest", "flash-sale", "--json"]).unwrap();
+        let Command::FlashSale(s) = cli.command else {
+            panic!("not flash-sale")
+        };
+        assert_eq!(
+            (s.stock, s.buyers, s.concurrency, s.per_user_limit),
+            (10_000, 50_000, 1000, 2)
+        );
+        assert_eq!(
+            (s.quantity_max, s.keys_per_buyer, s.sold_out_phase),
+            (1, 1, 50_000)
+        );
+        assert!(s.json && s.retries > 0.0 && s.healthz_requests.is_none());
+        assert_eq!(s.url, "http://127.0.0.1:8080");
+        let cli = Cli::try_parse_from([
+            "harvest-loadtest",
+            "flash-sale",
+            "--stock",
+            "1000",
+            "--buyers",
+            "5000",
+            "--concurrency",
+            "200",
+            "--quantity-max",
+            "3",
+            "--retries",
+            "0.2",
+            "--hold-ttl-s",
+            "600",
+            "--duration-limit",
+            "60",
+            "--sold-out-phase",
+            "0",
+            "--url",
+            "http://127.0.0.1:18080",
+        ])
+        .unwrap();
+        let Command::FlashSale(s) = cli.command else {
+            panic!("not flash-sale")
+        };
+        assert_eq!((s.stock, s.buyers, s.concurrency), (1000, 5000, 200));
+        assert_eq!(
+            (s.quantity_max, s.hold_ttl_s, s.duration_limit),
+            (3, 600, 60)
+        );
+        assert_eq!((s.retries, s.sold_out_phase), (0.2, 0));
     }
 
     impl Cli {
