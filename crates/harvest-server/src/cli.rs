@@ -1,4 +1,4 @@
-//! The `harvest` command line: `serve`, `migrate`, `token`, `config`.
+//! The `harvest` command line: `serve`, `migrate`, `token`, `config`, `reconcile`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -44,6 +44,21 @@ pub enum Command {
     Token(TokenArgs),
     /// Print the effective configuration, secrets redacted.
     Config(#[command(flatten)] CommonArgs),
+    /// Compare the stock engine with the SQL record; print each drift; exit 0 when
+    /// nothing drifts.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Only this flash sale.
+    #[arg(long, value_name = "ID")]
+    pub sale: Option<String>,
+    /// Rebuild each drifting sale in the stock engine from the SQL record.
+    #[arg(long)]
+    pub fix: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +78,11 @@ pub struct TokenArgs {
     #[command(flatten)]
     pub common: CommonArgs,
 }
+
+/// `harvest reconcile` found drifts it did not repair (exit status 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} drifts found; run with --fix to rebuild the engine from SQL")]
+pub struct ReconcileDrift(pub usize);
 
 fn parse_role(s: &str) -> Result<Role, String> {
     Role::parse(s)
@@ -139,6 +159,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = common.settings()?;
             print!("{}", settings.to_redacted_toml());
             Ok(())
+        }
+        Command::Reconcile(args) => {
+            let settings = args.common.settings()?;
+            crate::telemetry::init(settings.log_format);
+            let report = crate::reconcile::run(&settings, args.sale.as_deref(), args.fix).await?;
+            for drift in &report.drifts {
+                println!("drift: {drift}");
+            }
+            for sale in &report.fixed {
+                println!("fixed: sale {sale} rebuilt from SQL");
+            }
+            if settings.redis_url.is_none() {
+                println!(
+                    "note: the memory stock engine lives in the serving process; only the SQL record was checked"
+                );
+            }
+            println!(
+                "{} sales checked, {} drifts, {} fixed",
+                report.sales_checked,
+                report.drifts.len(),
+                report.fixed.len()
+            );
+            if report.is_clean() {
+                Ok(())
+            } else {
+                Err(ReconcileDrift(report.drifts.len()).into())
+            }
         }
     }
 }

@@ -250,66 +250,10 @@ impl FlashSales {
         }
         // Holds still on their way to SQL belong in the record.
         self.flush(Duration::from_secs(2)).await;
-        let row = entry.row();
-        let holds = self
-            .inner
-            .store
-            .sale_holds(&id)
+        let record = sale_record(&self.inner.store, &entry.row())
             .await
             .map_err(|e| StockError::Unavailable(format!("reading the sale record: {e}")))?;
-        let unavailable =
-            |e: StoreError| StockError::Unavailable(format!("reading the sale record: {e}"));
-        // Orders are the truth about what was paid (a hold row may lag behind its order).
-        let paid: std::collections::HashSet<String> = self
-            .inner
-            .store
-            .sale_paid_holds(&id)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .collect();
-        let sold_by_user: HashMap<String, u64> = self
-            .inner
-            .store
-            .sale_paid_by_user(&id)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .map(|(user, units)| (user, u64::try_from(units).unwrap_or(0)))
-            .collect();
-        let mut engine_holds = Vec::with_capacity(holds.len());
-        for h in holds {
-            let status = if paid.contains(&h.id) {
-                HoldStatus::Paid
-            } else {
-                match h.status.as_str() {
-                    "held" => HoldStatus::Held,
-                    "paid" => HoldStatus::Paid,
-                    "released" => HoldStatus::Released,
-                    _ => HoldStatus::Expired,
-                }
-            };
-            engine_holds.push(Hold {
-                hold_id: h.id,
-                sale_id: h.sale_id,
-                user_id: h.user_id,
-                quantity: u32::try_from(h.quantity).unwrap_or(u32::MAX),
-                position: u64::try_from(h.position).unwrap_or(0),
-                created_at_ms: h.created_at,
-                expires_at_ms: h.expires_at,
-                status,
-            });
-        }
-        let counts = self
-            .inner
-            .engine
-            .restore_sale(SaleRecord {
-                spec: spec_of(&row),
-                ended: row.ended_early_at.is_some(),
-                holds: engine_holds,
-                sold_by_user,
-            })
-            .await?;
+        let counts = self.inner.engine.restore_sale(record).await?;
         self.inner.engine.stock_returned(&id);
         entry.dirty.store(true, Ordering::Release);
         tracing::info!(sale_id = %id, remaining = counts.remaining, held = counts.held, sold = counts.sold, "rebuilt the sale's stock state from SQL");
@@ -898,6 +842,49 @@ pub fn hold_row(
         order_id: None,
         user_name: user_name.map(str::to_owned),
     }
+}
+
+/// What SQL knows of a sale, as the engine rebuilds it: every hold (a hold with an
+/// order counts as paid, whatever its row says) and the paid units per buyer.
+pub async fn sale_record(store: &Store, row: &SaleRow) -> Result<SaleRecord, StoreError> {
+    let holds = store.sale_holds(&row.id).await?;
+    // Orders are the truth about what was paid (a hold row may lag behind its order).
+    let paid: std::collections::HashSet<String> =
+        store.sale_paid_holds(&row.id).await?.into_iter().collect();
+    let sold_by_user: HashMap<String, u64> = store
+        .sale_paid_by_user(&row.id)
+        .await?
+        .into_iter()
+        .map(|(user, units)| (user, u64::try_from(units).unwrap_or(0)))
+        .collect();
+    let holds = holds
+        .into_iter()
+        .map(|h| Hold {
+            status: if paid.contains(&h.id) {
+                HoldStatus::Paid
+            } else {
+                match h.status.as_str() {
+                    "held" => HoldStatus::Held,
+                    "paid" => HoldStatus::Paid,
+                    "released" => HoldStatus::Released,
+                    _ => HoldStatus::Expired,
+                }
+            },
+            quantity: u32::try_from(h.quantity).unwrap_or(u32::MAX),
+            position: u64::try_from(h.position).unwrap_or(0),
+            created_at_ms: h.created_at,
+            expires_at_ms: h.expires_at,
+            hold_id: h.id,
+            sale_id: h.sale_id,
+            user_id: h.user_id,
+        })
+        .collect();
+    Ok(SaleRecord {
+        spec: spec_of(row),
+        ended: row.ended_early_at.is_some(),
+        holds,
+        sold_by_user,
+    })
 }
 
 /// Whether an engine error means the engine does not have the sale's state.

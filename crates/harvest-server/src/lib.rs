@@ -18,6 +18,7 @@ pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod payments;
+pub mod reconcile;
 pub mod redis_check;
 pub mod routes;
 pub mod state;

@@ -233,6 +233,15 @@ impl Store {
         Ok(rows.iter().map(sale_from_row).collect::<Result<_, _>>()?)
     }
 
+    /// Every sale, in creation order.
+    pub async fn all_sales(&self) -> Result<Vec<SaleRow>, StoreError> {
+        let sql = format!("SELECT {SALE_COLUMNS} FROM sales ORDER BY id");
+        let rows = self
+            .timed(sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.pool))
+            .await?;
+        Ok(rows.iter().map(sale_from_row).collect::<Result<_, _>>()?)
+    }
+
     /// Every sale not yet in phase `ended`, in creation order.
     pub async fn open_sales(&self) -> Result<Vec<SaleRow>, StoreError> {
         let sql = format!("SELECT {SALE_COLUMNS} FROM sales WHERE phase <> 'ended' ORDER BY id");

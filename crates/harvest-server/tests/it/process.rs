@@ -237,3 +237,119 @@ async fn process_migrate_and_token_commands() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role"));
 }
+
+#[tokio::test]
+async fn process_reconcile_reports_drift_and_fixes_it() {
+    use serde_json::json;
+    let app = harvest_testkit::spawn_app().await;
+    let owner = app.streamer("coop-reconcile");
+    let room = app.create_room(&owner, "reconcile").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let product = app.create_product(&owner, "kiwi-box").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(
+        &format!("/api/v1/rooms/{room}/products"),
+        Some(&owner),
+        &json!({"product_id": product}),
+    )
+    .await
+    .assert_status(200);
+    let sale = app
+        .post(
+            &format!("/api/v1/rooms/{room}/flash-sales"),
+            Some(&owner),
+            &json!({"product_id": product, "price": 990, "stock": 20, "per_user_limit": 5}),
+        )
+        .await;
+    sale.assert_status(201);
+    let sale_id = sale.body["id"].as_str().unwrap().to_owned();
+    let buyer = app.viewer("reconciled");
+    for (i, pay) in [(0, true), (1, false), (2, true)] {
+        let hold = app
+            .reserve(&buyer, &sale_id, &format!("k{i}"), &json!({"quantity": 1}))
+            .await;
+        hold.assert_status(201);
+        if pay {
+            app.request_with(
+                reqwest::Method::POST,
+                &format!(
+                    "/api/v1/holds/{}/checkout",
+                    hold.body["id"].as_str().unwrap()
+                ),
+                Some(&buyer),
+                &[("Idempotency-Key", "pay")],
+                Some(&json!({"method": "simulated"})),
+            )
+            .await
+            .assert_status(200);
+        }
+    }
+    assert!(app.state.flash.flush(Duration::from_secs(5)).await);
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = app.state.settings.database_url.expose().to_owned();
+    let redis_url = std::env::var("HARVEST_TEST_REDIS_URL").ok();
+    let mut env = vec![("HARVEST_DATABASE_URL", database_url.as_str())];
+    let servers = harvest_testkit::TestBackend::from_env() == harvest_testkit::TestBackend::Servers;
+    if servers {
+        env.push(("HARVEST_REDIS_URL", redis_url.as_deref().unwrap()));
+    }
+    let out = harvest(dir.path(), &["reconcile"], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("0 drifts"), "{stdout}");
+    if !servers {
+        assert!(
+            stdout.contains("only the SQL record was checked"),
+            "{stdout}"
+        );
+        return;
+    }
+    // Redis loses the sale: a drift, repaired by --fix from SQL.
+    let client = redis::Client::open(redis_url.clone().unwrap()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{sale_id}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let out = harvest(dir.path(), &["reconcile", "--sale", &sale_id], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("missing from the stock engine"), "{stdout}");
+    let out = harvest(
+        dir.path(),
+        &["reconcile", "--sale", &sale_id, "--fix"],
+        &env,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("fixed: sale"), "{stdout}");
+    let out = harvest(dir.path(), &["reconcile"], &env);
+    assert!(out.status.success());
+    // The serving node reads the rebuilt counts: 2 sold, 1 held.
+    let s = app
+        .get(&format!("/api/v1/flash-sales/{sale_id}"), None)
+        .await
+        .body;
+    assert_eq!(
+        (
+            s["remaining"].as_i64(),
+            s["held"].as_i64(),
+            s["sold"].as_i64()
+        ),
+        (Some(17), Some(1), Some(2))
+    );
+}
