@@ -10,9 +10,23 @@ use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::redis_check::RedisCheck;
 
-/// Everything a handler may need. Clone is cheap: every field is a handle.
+/// Everything a handler may need. Clone is one reference-count bump: axum clones the
+/// state for every extractor of every request.
 #[derive(Clone)]
 pub struct AppState {
+    inner: Arc<Components>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Components;
+
+    fn deref(&self) -> &Components {
+        &self.inner
+    }
+}
+
+/// The started components of a server, shared by every request.
+pub struct Components {
     pub settings: Arc<Settings>,
     pub store: Store,
     pub auth: Authenticator,
@@ -21,7 +35,7 @@ pub struct AppState {
     pub live: crate::live::Live,
     pub flash: crate::flash::FlashSales,
     pub payments: crate::payments::Payments,
-    shutting_down: Arc<AtomicBool>,
+    shutting_down: AtomicBool,
 }
 
 impl AppState {
@@ -37,7 +51,7 @@ impl AppState {
         flash: crate::flash::FlashSales,
         payments: crate::payments::Payments,
     ) -> Self {
-        Self {
+        let components = Components {
             settings,
             store,
             auth,
@@ -46,7 +60,10 @@ impl AppState {
             live,
             flash,
             payments,
-            shutting_down: Arc::new(AtomicBool::new(false)),
+            shutting_down: AtomicBool::new(false),
+        };
+        Self {
+            inner: Arc::new(components),
         }
     }
 
