@@ -40,12 +40,13 @@
 //! is guessed.
 
 use std::future::Future;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use redis::{ErrorKind, RedisError, RedisWrite, Script, ServerErrorKind, ToRedisArgs, Value};
 use tracing::{debug, warn};
 
 use crate::engine::StockEngine;
@@ -185,17 +186,12 @@ impl RedisEngine {
         }
     }
 
-    /// The field of a request's idempotency record (computed the same way in Lua).
-    fn idem_field(user: &str, key: &str) -> String {
-        format!("{}:{user}:{key}", user.len())
-    }
-
     fn sales_set(&self) -> String {
         format!("{}stock:sales", self.cfg.key_prefix)
     }
 
-    fn hold_index_key(&self, hold_id: &str) -> String {
-        format!("{}stock:hold:{hold_id}", self.cfg.key_prefix)
+    fn hold_index_key<'a>(&'a self, hold_id: &'a str) -> HoldIndexKey<'a> {
+        HoldIndexKey(&self.cfg.key_prefix, hold_id)
     }
 
     /// Runs one Redis future under the configured timeout.
@@ -234,51 +230,67 @@ impl RedisEngine {
     /// Reserves requests of one sale (already validated, at most one script batch).
     async fn reserve_chunk(
         &self,
-        reqs: &[ReserveRequest],
+        reqs: Vec<ReserveRequest>,
     ) -> Vec<Result<ReserveOutcome, StockError>> {
         let Some(first) = reqs.first() else {
             return Vec::new();
         };
-        let sale_id = first.sale_id.as_str();
-        let k = self.keys(sale_id);
-        let mut inv = self.scripts.reserve.prepare_invoke();
-        inv.key(&k.meta)
-            .key(&k.usage)
-            .key(&k.holds)
-            .key(&k.expiry)
-            .key(&k.alloc)
-            .key(&k.idem);
-        inv.arg(reqs.len())
+        let sale_id = first.sale_id.clone();
+        let k = self.keys(&sale_id);
+        // EVALSHA built in one buffer (see `lua/reserve.lua` for the argument layout).
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(self.scripts.reserve.get_hash())
+            .arg(6)
+            .arg(&k.meta)
+            .arg(&k.usage)
+            .arg(&k.holds)
+            .arg(&k.expiry)
+            .arg(&k.alloc)
+            .arg(&k.idem)
+            .arg(reqs.len())
             .arg(self.cfg.idempotency_ttl.as_secs().max(1));
-        for r in reqs {
-            inv.arg(&r.user_id)
-                .arg(r.quantity)
-                .arg(&r.idempotency_key)
-                .arg(&r.request_fingerprint)
-                .arg(&r.hold_id)
-                .arg(r.now_ms);
+        for r in &reqs {
+            eval.arg(IdemField(&r.user_id, &r.idempotency_key));
+        }
+        for r in &reqs {
+            eval.arg(&r.user_id);
+        }
+        for r in &reqs {
+            eval.arg(r.quantity);
+        }
+        for r in &reqs {
+            eval.arg(FingerprintPrefix(&r.request_fingerprint));
+        }
+        for r in &reqs {
+            eval.arg(&r.hold_id);
+        }
+        for r in &reqs {
+            eval.arg(r.now_ms);
         }
         // Register the sale with the sweeper before (and, below, after) the script: a
         // hold is never left outside the set the sweeper walks.
         let mut pipe = redis::pipe();
-        pipe.cmd("SADD").arg(self.sales_set()).arg(sale_id).ignore();
-        pipe.invoke_script(&inv);
+        pipe.cmd("SADD")
+            .arg(self.sales_set())
+            .arg(&sale_id)
+            .ignore();
+        pipe.add_command(eval);
         let reply = match self
             .pipeline_with_script(&pipe, &self.scripts.reserve)
             .await
         {
             Ok(v) => first_of(v),
             Err(e) if e.is_transient() => {
-                debug!(sale_id, error = %e, "reservation reply lost; reading idempotency records");
-                return self.settle_ambiguous(&k, reqs, e).await;
+                debug!(%sale_id, error = %e, "reservation reply lost; reading idempotency records");
+                return self.settle_ambiguous(&k, &reqs, e).await;
             }
             Err(e) => return reqs.iter().map(|_| Err(e.clone())).collect(),
         };
         let out = match parse_reserve_reply(reply, reqs) {
             Ok(out) => out,
-            Err(e) => return reqs.iter().map(|_| Err(e.clone())).collect(),
+            Err((e, n)) => return (0..n).map(|_| Err(e.clone())).collect(),
         };
-        self.after_reserve(sale_id, out).await
+        self.after_reserve(&sale_id, out).await
     }
 
     /// Runs a pipeline that ends with a script, loading the script when Redis lost it.
@@ -359,7 +371,7 @@ impl RedisEngine {
         let mut inv = self.scripts.peek.prepare_invoke();
         inv.key(&k.holds).key(&k.idem);
         for r in reqs {
-            inv.arg(Self::idem_field(&r.user_id, &r.idempotency_key))
+            inv.arg(IdemField(&r.user_id, &r.idempotency_key))
                 .arg(&r.request_fingerprint);
         }
         let mut conn = self.conn.clone();
@@ -472,6 +484,43 @@ impl RedisEngine {
     }
 }
 
+/// `<len(user)>:<user>:<key>`: the field of a request's idempotency record, written
+/// straight into the command.
+struct IdemField<'a>(&'a str, &'a str);
+
+impl ToRedisArgs for IdemField<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let (user, key) = (self.0, self.1);
+        write_arg(out, format_args!("{}:{user}:{key}", user.len()));
+    }
+}
+
+/// `<len(fp)>:<fp>`: how an idempotency record made with this fingerprint starts.
+struct FingerprintPrefix<'a>(&'a str);
+
+impl ToRedisArgs for FingerprintPrefix<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let fp = self.0;
+        write_arg(out, format_args!("{}:{fp}", fp.len()));
+    }
+}
+
+/// `<prefix>stock:hold:<hold_id>`: the key naming a hold's sale.
+struct HoldIndexKey<'a>(&'a str, &'a str);
+
+impl ToRedisArgs for HoldIndexKey<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let (prefix, hold_id) = (self.0, self.1);
+        write_arg(out, format_args!("{prefix}stock:hold:{hold_id}"));
+    }
+}
+
+/// Appends one formatted argument without an intermediate string.
+fn write_arg<W: ?Sized + RedisWrite>(out: &mut W, arg: std::fmt::Arguments<'_>) {
+    // Writing into the command's own buffer cannot fail.
+    let _ = out.writer_for_next_arg().write_fmt(arg);
+}
+
 fn map_err(e: RedisError) -> StockError {
     if e.is_timeout() {
         return StockError::Unavailable("redis call timed out".into());
@@ -558,32 +607,71 @@ fn pack_hold(h: &Hold) -> String {
     )
 }
 
+/// Turns the reserve script's reply into one outcome per request, moving the requests'
+/// strings into their holds. On a malformed reply, the error and how many requests it
+/// answers.
 fn parse_reserve_reply(
     reply: Value,
-    reqs: &[ReserveRequest],
-) -> Result<Vec<Result<ReserveOutcome, StockError>>, StockError> {
+    reqs: Vec<ReserveRequest>,
+) -> Result<Vec<Result<ReserveOutcome, StockError>>, (StockError, usize)> {
+    let n = reqs.len();
     if text(&reply).as_deref() == Some("lost") {
-        let sale_id = reqs.first().map(|r| r.sale_id.clone()).unwrap_or_default();
-        return Ok(reqs
-            .iter()
-            .map(|_| {
-                Err(StockError::SaleStateLost {
-                    sale_id: sale_id.clone(),
-                })
-            })
-            .collect());
+        let sale_id = reqs
+            .into_iter()
+            .next()
+            .map(|r| r.sale_id)
+            .unwrap_or_default();
+        let lost = StockError::SaleStateLost { sale_id };
+        return Ok(vec![Err(lost); n]);
     }
-    let items = array(reply)
-        .filter(|a| a.len() == reqs.len())
-        .ok_or_else(|| StockError::Backend("malformed reserve reply".into()))?;
+    let malformed = || (StockError::Backend("malformed reserve reply".into()), n);
+    let mut items = array(reply)
+        .filter(|a| a.len() == n + 1)
+        .ok_or_else(malformed)?
+        .into_iter();
+    let ttl_ms = items.next().as_ref().and_then(int).ok_or_else(malformed)?;
     Ok(items
-        .into_iter()
         .zip(reqs)
-        .map(|(item, r)| {
-            parse_reserve_item(item, r)?
-                .ok_or_else(|| StockError::Backend("reserve reply without an outcome".into()))
-        })
+        .map(|(item, r)| parse_reserve_outcome(item, r, ttl_ms))
         .collect())
+}
+
+/// One request's reply from the reserve script (see `lua/reserve.lua`).
+fn parse_reserve_outcome(
+    item: Value,
+    r: ReserveRequest,
+    ttl_ms: i64,
+) -> Result<ReserveOutcome, StockError> {
+    let bad = || StockError::Backend("malformed reserve item".into());
+    match item {
+        Value::Int(position) => Ok(ReserveOutcome::Held(Hold {
+            position: u64::try_from(position).map_err(|_| bad())?,
+            quantity: r.quantity,
+            created_at_ms: r.now_ms,
+            expires_at_ms: r.now_ms.saturating_add(ttl_ms),
+            status: HoldStatus::Held,
+            hold_id: r.hold_id,
+            sale_id: r.sale_id,
+            user_id: r.user_id,
+        })),
+        Value::Array(parts) => match parts.as_slice() {
+            [id, packed] => {
+                let (id, packed) = (text(id).ok_or_else(bad)?, text(packed).ok_or_else(bad)?);
+                let mut h = parse_hold(&id, &r.sale_id, &packed)?;
+                // The first outcome, as first answered.
+                h.status = HoldStatus::Held;
+                Ok(ReserveOutcome::Held(h))
+            }
+            _ => Err(bad()),
+        },
+        other => match text(&other).as_deref() {
+            Some("taken") => Err(StockError::HoldIdTaken(r.hold_id)),
+            Some(code) => Reject::from_code(code)
+                .map(ReserveOutcome::Rejected)
+                .ok_or_else(|| StockError::Backend(format!("unknown rejection {code}"))),
+            None => Err(bad()),
+        },
+    }
 }
 
 /// One request's reply: `Some(outcome)`, or `None` for `{'none'}` (nothing recorded).
@@ -709,7 +797,7 @@ impl StockEngine for RedisEngine {
 
     async fn reserve(&self, req: ReserveRequest) -> Result<ReserveOutcome, StockError> {
         req.validate()?;
-        let mut out = self.reserve_chunk(std::slice::from_ref(&req)).await;
+        let mut out = self.reserve_chunk(vec![req]).await;
         out.pop()
             .unwrap_or_else(|| Err(StockError::Backend("empty reservation result".into())))
     }
@@ -718,31 +806,26 @@ impl StockEngine for RedisEngine {
         &self,
         reqs: Vec<ReserveRequest>,
     ) -> Vec<Result<ReserveOutcome, StockError>> {
-        let mut out: Vec<Option<Result<ReserveOutcome, StockError>>> = vec![None; reqs.len()];
+        let n = reqs.len();
+        let mut out: Vec<Option<Result<ReserveOutcome, StockError>>> = vec![None; n];
         // Valid requests, in order, cut into runs of one sale and at most one script batch.
-        let mut run: Vec<usize> = Vec::new();
         let max = self.cfg.max_script_batch.max(1);
-        let flush = |run: &mut Vec<usize>| {
-            let idx = std::mem::take(run);
-            let chunk: Vec<ReserveRequest> = idx.iter().map(|&i| reqs[i].clone()).collect();
-            (idx, chunk)
-        };
-        let mut chunks = Vec::new();
-        for (i, r) in reqs.iter().enumerate() {
+        let mut chunks: Vec<(Vec<usize>, Vec<ReserveRequest>)> = Vec::new();
+        for (i, r) in reqs.into_iter().enumerate() {
             if let Err(e) = r.validate() {
                 out[i] = Some(Err(e));
                 continue;
             }
-            if run.len() >= max || run.first().is_some_and(|&j| reqs[j].sale_id != r.sale_id) {
-                chunks.push(flush(&mut run));
+            match chunks.last_mut() {
+                Some((idx, run)) if run.len() < max && run[0].sale_id == r.sale_id => {
+                    idx.push(i);
+                    run.push(r);
+                }
+                _ => chunks.push((vec![i], vec![r])),
             }
-            run.push(i);
         }
-        if !run.is_empty() {
-            chunks.push(flush(&mut run));
-        }
-        for (idx, chunk) in chunks {
-            for (i, res) in idx.into_iter().zip(self.reserve_chunk(&chunk).await) {
+        for (idx, run) in chunks {
+            for (i, res) in idx.into_iter().zip(self.reserve_chunk(run).await) {
                 out[i] = Some(res);
             }
         }
