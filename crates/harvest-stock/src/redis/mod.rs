@@ -237,9 +237,23 @@ impl RedisEngine {
         };
         let sale_id = first.sale_id.clone();
         let k = self.keys(&sale_id);
-        // EVALSHA built in one buffer (see `lua/reserve.lua` for the argument layout).
-        let mut eval = redis::cmd("EVALSHA");
-        eval.arg(self.scripts.reserve.get_hash())
+        // EVALSHA built in one buffer (see `lua/reserve.lua` for the argument layout),
+        // sized up front: two runs hold the user, and numbers take at most 20 bytes.
+        let bytes = reqs
+            .iter()
+            .map(|r| {
+                2 * r.user_id.len()
+                    + r.idempotency_key.len()
+                    + r.request_fingerprint.len()
+                    + r.hold_id.len()
+                    + 80
+            })
+            .sum::<usize>()
+            + 7 * k.meta.len()
+            + 128;
+        let mut eval = redis::Cmd::with_capacity(11 + 6 * reqs.len(), bytes);
+        eval.arg("EVALSHA")
+            .arg(self.scripts.reserve.get_hash())
             .arg(6)
             .arg(&k.meta)
             .arg(&k.usage)
@@ -335,7 +349,7 @@ impl RedisEngine {
             return out;
         }
         let ttl = self.cfg.hold_index_ttl.as_secs().max(1);
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(held.len() + 1);
         pipe.cmd("SADD").arg(self.sales_set()).arg(sale_id).ignore();
         for &i in &held {
             if let Ok(ReserveOutcome::Held(h)) = &out[i] {
