@@ -229,9 +229,8 @@ fn redis(c: &mut Criterion) {
     let _guard = rt.enter();
     let mut cfg = RedisConfig::new(url);
     cfg.key_prefix = format!("bench-{}:", uuid::Uuid::now_v7().simple());
-    // Short-lived records: the benchmark leaves little behind.
+    // Short-lived records: an interrupted run leaves little behind.
     cfg.idempotency_ttl = Duration::from_secs(60);
-    cfg.hold_index_ttl = Duration::from_secs(60);
     cfg.timeout = Duration::from_secs(5);
     let engine = Arc::new(RedisEngine::new(cfg).expect("redis engine"));
     rt.block_on(engine.ping()).expect("redis answers");
@@ -244,30 +243,42 @@ fn redis(c: &mut Criterion) {
     let coalesced: Arc<dyn StockEngine> =
         Arc::new(Coalescer::new(engine.clone(), CoalescerConfig::default()));
     let direct: Arc<dyn StockEngine> = engine.clone();
-    let mut made = Vec::new();
     for (name, e) in [("reserve_direct", direct), ("reserve_coalesced", coalesced)] {
         let spec = sale(harvest_stock::MAX_STOCK);
         rt.block_on(e.create_sale(&spec)).expect("create sale");
         bench_storms(&mut g, &rt, ("redis", name), &e, &spec.sale_id, true);
-        made.push(spec.sale_id);
     }
     g.finish();
-    // Drop what the benchmark made (idempotency records and the index expire by themselves).
+    // Drop everything the benchmark made: its keys all start with its own prefix.
     rt.block_on(async {
         let Ok(client) = redis::Client::open(engine.config().url.as_str()) else {
             return;
         };
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            for sale_id in &made {
-                let _: redis::RedisResult<i64> = redis::cmd("DEL")
-                    .arg(engine.sale_keys(sale_id))
-                    .query_async(&mut conn)
-                    .await;
-            }
-            let _: redis::RedisResult<i64> = redis::cmd("DEL")
-                .arg(format!("{}stock:sales", engine.config().key_prefix))
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return;
+        };
+        let pattern = format!("{}*", engine.config().key_prefix);
+        let mut cursor = 0u64;
+        loop {
+            let page: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
                 .query_async(&mut conn)
                 .await;
+            let Ok((next, keys)) = page else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _: redis::RedisResult<i64> =
+                    redis::cmd("UNLINK").arg(keys).query_async(&mut conn).await;
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
         }
     });
 }

@@ -14,7 +14,16 @@
 //! | `P{s:ID}:a` | zset | every successful hold id by position (the allocation log) |
 //! | `P{s:ID}:i` | hash | idempotency records: `<len(user)>:<user>:<key>` → fingerprint and outcome; the hash expires 24 h after its last write |
 //! | `Pstock:sales` | set | sales that may have held holds (what the sweeper visits) |
-//! | `Pstock:hold:<hold_id>` | string | the sale of a hold (lookups by hold id), 7 days |
+//! | `P{hidx:N}:cur`, `P{hidx:N}:old` | hash | hold id → sale (lookups by hold id), the current and previous generation of bucket `N` |
+//! | `P{hidx:N}:at` | string | when bucket `N` last rotated (ms) |
+//!
+//! The hold index is split in 16 buckets by an FNV-1a hash of the hold id (so every
+//! node finds an id in the same bucket); a batch of reservations writes its holds with
+//! one `HSET` per bucket. The sweeper ([`StockEngine::expire_due`]) rotates a bucket
+//! once `hold_index_ttl` has passed since its last rotation: the previous generation is
+//! unlinked (freed in the background) and the current one becomes the previous, so a
+//! hold id stays findable for at least `hold_index_ttl` and less than twice that (plus
+//! the time between sweeps; an engine asks the buckets at most every eighth of the TTL).
 //!
 //! A sale joins `Pstock:sales` before any hold is made (create, restore, and around
 //! every reservation call); the sweeper drops it once it has no held hold, then looks
@@ -28,7 +37,8 @@
 //! # Scripts
 //!
 //! `reserve` (a whole batch per call), `peek` (read-only replay lookup), `release`,
-//! `confirm`, `expire`, `create`, `end`, `allocations` and `restore`, sent with
+//! `confirm`, `expire`, `create`, `end`, `allocations`, `restore` and `rotate` (the
+//! hold index), sent with
 //! `EVALSHA` and reloaded on `NOSCRIPT` (after a restart or failover).
 //!
 //! # Failures
@@ -41,7 +51,7 @@
 
 use std::future::Future;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -71,7 +81,8 @@ pub struct RedisConfig {
     pub max_script_batch: usize,
     /// How long idempotency records live. Default 24 h.
     pub idempotency_ttl: Duration,
-    /// How long the hold-id → sale index lives. Default 7 days.
+    /// How long hold ids stay findable (the hold-id → sale index) at least; they go
+    /// within twice this, as the sweeper rotates the index. Default 7 days.
     pub hold_index_ttl: Duration,
 }
 
@@ -99,6 +110,7 @@ struct Scripts {
     end: Script,
     allocations: Script,
     restore: Script,
+    rotate: Script,
 }
 
 impl Scripts {
@@ -114,6 +126,7 @@ impl Scripts {
             end: s(include_str!("lua/end.lua")),
             allocations: s(include_str!("lua/allocations.lua")),
             restore: s(include_str!("lua/restore.lua")),
+            rotate: s(include_str!("lua/rotate.lua")),
         }
     }
 }
@@ -128,11 +141,35 @@ struct SaleKeys {
     idem: String,
 }
 
+/// Buckets of the hold index. Fixed: every node must find an id in the same bucket.
+const INDEX_BUCKETS: usize = 16;
+
+/// The index bucket of a hold id (FNV-1a, the same in every process and version).
+fn index_bucket(hold_id: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in hold_id.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // The remainder is below INDEX_BUCKETS.
+    (h % INDEX_BUCKETS as u64) as usize
+}
+
+/// The keys of one bucket of the hold index (they share a hash tag).
+struct IndexBucket {
+    cur: String,
+    old: String,
+    at: String,
+}
+
 /// The Redis-backed [`StockEngine`] (one server, or one Cluster slot per sale).
 pub struct RedisEngine {
     conn: ConnectionManager,
     cfg: RedisConfig,
     scripts: Scripts,
+    index: Vec<IndexBucket>,
+    /// When this engine last asked the buckets to rotate (`i64::MIN`: never).
+    index_checked_ms: AtomicI64,
     sweep_cursor: AtomicUsize,
 }
 
@@ -154,10 +191,22 @@ impl RedisEngine {
             .set_number_of_retries(1)
             .set_max_delay(cfg.timeout);
         let conn = ConnectionManager::new_lazy_with_config(client, mgr).map_err(map_err)?;
+        let index = (0..INDEX_BUCKETS)
+            .map(|n| {
+                let base = format!("{}{{hidx:{n}}}", cfg.key_prefix);
+                IndexBucket {
+                    cur: format!("{base}:cur"),
+                    old: format!("{base}:old"),
+                    at: format!("{base}:at"),
+                }
+            })
+            .collect();
         Ok(Self {
             conn,
             cfg,
             scripts: Scripts::new(),
+            index,
+            index_checked_ms: AtomicI64::new(i64::MIN),
             sweep_cursor: AtomicUsize::new(0),
         })
     }
@@ -190,8 +239,54 @@ impl RedisEngine {
         format!("{}stock:sales", self.cfg.key_prefix)
     }
 
-    fn hold_index_key<'a>(&'a self, hold_id: &'a str) -> HoldIndexKey<'a> {
-        HoldIndexKey(&self.cfg.key_prefix, hold_id)
+    /// Adds `HSET`s that index `hold_ids` (all of `sale_id`), one per bucket.
+    fn index_holds<'a>(
+        &self,
+        pipe: &mut redis::Pipeline,
+        sale_id: &str,
+        hold_ids: impl Iterator<Item = &'a str>,
+    ) {
+        let mut buckets: Vec<Option<redis::Cmd>> = (0..INDEX_BUCKETS).map(|_| None).collect();
+        for id in hold_ids {
+            let b = index_bucket(id);
+            buckets[b]
+                .get_or_insert_with(|| {
+                    let mut c = redis::cmd("HSET");
+                    c.arg(&self.index[b].cur);
+                    c
+                })
+                .arg(id)
+                .arg(sale_id);
+        }
+        for cmd in buckets.into_iter().flatten() {
+            pipe.add_command(cmd).ignore();
+        }
+    }
+
+    /// Rotates the buckets of the hold index that are due (see the module docs); asks
+    /// at most every eighth of the TTL.
+    async fn rotate_index(&self, now_ms: i64) -> Result<(), StockError> {
+        let ttl_ms = i64::try_from(self.cfg.hold_index_ttl.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let checked = self.index_checked_ms.load(Ordering::Relaxed);
+        if checked != i64::MIN && now_ms.abs_diff(checked) < (ttl_ms / 8).max(1).unsigned_abs() {
+            return Ok(());
+        }
+        self.index_checked_ms.store(now_ms, Ordering::Relaxed);
+        let mut pipe = redis::Pipeline::with_capacity(INDEX_BUCKETS);
+        for b in &self.index {
+            let mut inv = self.scripts.rotate.prepare_invoke();
+            inv.key(&b.cur)
+                .key(&b.old)
+                .key(&b.at)
+                .arg(now_ms)
+                .arg(ttl_ms);
+            pipe.invoke_script(&inv).ignore();
+        }
+        self.pipeline_with_script(&pipe, &self.scripts.rotate)
+            .await
+            .map(|_| ())
     }
 
     /// Runs one Redis future under the configured timeout.
@@ -221,10 +316,16 @@ impl RedisEngine {
 
     /// Which sale a hold belongs to.
     async fn sale_of_hold(&self, hold_id: &str) -> Result<String, StockError> {
-        let v = self
-            .query(redis::cmd("GET").arg(self.hold_index_key(hold_id)))
-            .await?;
-        text(&v).ok_or_else(|| StockError::HoldNotFound(hold_id.to_owned()))
+        let b = &self.index[index_bucket(hold_id)];
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg(&b.cur).arg(hold_id);
+        pipe.cmd("HGET").arg(&b.old).arg(hold_id);
+        let v = self.pipeline(&pipe).await?;
+        array(v)
+            .unwrap_or_default()
+            .iter()
+            .find_map(text)
+            .ok_or_else(|| StockError::HoldNotFound(hold_id.to_owned()))
     }
 
     /// Reserves requests of one sale (already validated, at most one script batch).
@@ -348,19 +449,13 @@ impl RedisEngine {
         if held.is_empty() {
             return out;
         }
-        let ttl = self.cfg.hold_index_ttl.as_secs().max(1);
-        let mut pipe = redis::Pipeline::with_capacity(held.len() + 1);
+        let mut pipe = redis::Pipeline::with_capacity(INDEX_BUCKETS + 1);
         pipe.cmd("SADD").arg(self.sales_set()).arg(sale_id).ignore();
-        for &i in &held {
-            if let Ok(ReserveOutcome::Held(h)) = &out[i] {
-                pipe.cmd("SET")
-                    .arg(self.hold_index_key(&h.hold_id))
-                    .arg(sale_id)
-                    .arg("EX")
-                    .arg(ttl)
-                    .ignore();
-            }
-        }
+        let ids = held.iter().filter_map(|&i| match &out[i] {
+            Ok(ReserveOutcome::Held(h)) => Some(h.hold_id.as_str()),
+            _ => None,
+        });
+        self.index_holds(&mut pipe, sale_id, ids);
         if let Err(e) = self.pipeline(&pipe).await {
             warn!(sale_id, error = %e, "could not index new holds; answering unavailable");
             for i in held {
@@ -516,16 +611,6 @@ impl ToRedisArgs for FingerprintPrefix<'_> {
     fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
         let fp = self.0;
         write_arg(out, format_args!("{}:{fp}", fp.len()));
-    }
-}
-
-/// `<prefix>stock:hold:<hold_id>`: the key naming a hold's sale.
-struct HoldIndexKey<'a>(&'a str, &'a str);
-
-impl ToRedisArgs for HoldIndexKey<'_> {
-    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
-        let (prefix, hold_id) = (self.0, self.1);
-        write_arg(out, format_args!("{prefix}stock:hold:{hold_id}"));
     }
 }
 
@@ -903,6 +988,10 @@ impl StockEngine for RedisEngine {
     }
 
     async fn expire_due(&self, now_ms: i64, max: usize) -> Result<Vec<Hold>, StockError> {
+        if let Err(e) = self.rotate_index(now_ms).await {
+            // Housekeeping: the next sweep tries again.
+            warn!(error = %e, "could not rotate the hold index");
+        }
         let v = self
             .query(redis::cmd("SMEMBERS").arg(self.sales_set()))
             .await?;
@@ -1030,17 +1119,9 @@ impl StockEngine for RedisEngine {
         let mut conn = self.conn.clone();
         self.run(inv.invoke_async::<Value>(&mut conn)).await?;
         // Make every restored hold findable by id again.
-        let ttl = self.cfg.hold_index_ttl.as_secs().max(1);
-        for chunk in record.holds.chunks(512) {
-            let mut pipe = redis::pipe();
-            for h in chunk {
-                pipe.cmd("SET")
-                    .arg(self.hold_index_key(&h.hold_id))
-                    .arg(sale_id)
-                    .arg("EX")
-                    .arg(ttl)
-                    .ignore();
-            }
+        for chunk in record.holds.chunks(4096) {
+            let mut pipe = redis::Pipeline::with_capacity(INDEX_BUCKETS);
+            self.index_holds(&mut pipe, sale_id, chunk.iter().map(|h| h.hold_id.as_str()));
             self.pipeline(&pipe).await?;
         }
         Ok(counts)
