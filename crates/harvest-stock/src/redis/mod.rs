@@ -7,11 +7,12 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P{s:ID}:m` | hash | the marker and counters: `stock limit ttl start end ended rem held sold pos` |
+//! | `P{s:ID}:m` | hash | the marker and counters: `stock limit ttl start end ended rem held sold pos`, and `rpos` (the last restored position) |
 //! | `P{s:ID}:u` | hash | user → units held plus bought (the per-user limit) |
 //! | `P{s:ID}:h` | hash | hold id → packed hold (`status qty pos created expires user`) |
 //! | `P{s:ID}:x` | zset | held hold ids by `expires_at` (the expiry index) |
-//! | `P{s:ID}:a` | zset | every successful hold id by position (the allocation log) |
+//! | `P{s:ID}:a` | hash | position → hold id of every hold made by a reservation (the allocation log; its positions are dense, after the restored ones) |
+//! | `P{s:ID}:r` | zset | restored hold ids by position (the allocation log up to the meta's `rpos`) |
 //! | `P{s:ID}:i` | hash | idempotency records: `<len(user)>:<user>:<key>` → fingerprint and outcome; the hash expires 24 h after its last write |
 //! | `Pstock:sales` | set | sales that may have held holds (what the sweeper visits) |
 //! | `P{hidx:N}:cur`, `P{hidx:N}:old` | hash | hold id → sale (lookups by hold id), the current and previous generation of bucket `N` |
@@ -138,6 +139,7 @@ struct SaleKeys {
     holds: String,
     expiry: String,
     alloc: String,
+    restored: String,
     idem: String,
 }
 
@@ -220,7 +222,7 @@ impl RedisEngine {
     /// is what losing the sale's state looks like; tests and tools use this.
     pub fn sale_keys(&self, sale_id: &str) -> Vec<String> {
         let k = self.keys(sale_id);
-        vec![k.meta, k.usage, k.holds, k.expiry, k.alloc]
+        vec![k.meta, k.usage, k.holds, k.expiry, k.alloc, k.restored]
     }
 
     fn keys(&self, sale_id: &str) -> SaleKeys {
@@ -231,6 +233,7 @@ impl RedisEngine {
             holds: format!("{base}:h"),
             expiry: format!("{base}:x"),
             alloc: format!("{base}:a"),
+            restored: format!("{base}:r"),
             idem: format!("{base}:i"),
         }
     }
@@ -1058,7 +1061,7 @@ impl StockEngine for RedisEngine {
             .hold_script(
                 &self.scripts.allocations,
                 sale_id,
-                &[&k.meta, &k.alloc, &k.holds],
+                &[&k.meta, &k.alloc, &k.restored, &k.holds],
                 &[after_position.to_string(), limit.to_string()],
             )
             .await?;
@@ -1097,7 +1100,8 @@ impl StockEngine for RedisEngine {
             .key(&k.usage)
             .key(&k.holds)
             .key(&k.expiry)
-            .key(&k.alloc);
+            .key(&k.alloc)
+            .key(&k.restored);
         inv.arg(spec.stock)
             .arg(spec.per_user_limit)
             .arg(spec.hold_ttl_ms())

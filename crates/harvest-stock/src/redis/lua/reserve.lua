@@ -3,8 +3,9 @@
 -- reservation is a handful of hash and zset elements, not a handful of commands. The
 -- client sends what it can compute (record fields, fingerprint prefixes) and reads
 -- back only what it cannot (positions), so the loop does little string work.
--- KEYS: 1 meta, 2 per-user usage, 3 holds, 4 expiry zset, 5 allocation zset,
---       6 idempotency records (hash: "<len(user)>:<user>:<key>" -> record).
+-- KEYS: 1 meta, 2 per-user usage, 3 holds, 4 expiry zset, 5 allocation hash
+--       (position -> hold id), 6 idempotency records (hash:
+--       "<len(user)>:<user>:<key>" -> record).
 -- ARGV: 1 n, 2 idempotency ttl (s), then six runs of n values, request i being the
 --       i-th value of each run: record fields ("<len(user)>:<user>:<key>"), users,
 --       quantities, fingerprint prefixes ("<len(fp)>:<fp>", how records start),
@@ -33,11 +34,10 @@ local taken_now = redis.call('HMGET', h, unpack(ARGV, H + 1, H + n))
 local used = {}    -- usage of users this batch changed
 local touched, nt = {}, 0
 local taken = {}   -- hold ids this batch used
-local fresh = {}   -- holds made by this batch: id -> packed
 local written = {} -- records written by this batch: field -> record
 local hold_pairs, exp_pairs, pos_pairs, rec_pairs, nh, nr = {}, {}, {}, {}, 0, 0
 local out = {ttl}
-local now_s, now, exp_s
+local now_s, now, exp_s, qty_s, qty
 for i = 1, n do
   local field = ARGV[F + i]
   local rec = written[field] or recs[i]
@@ -49,7 +49,16 @@ for i = 1, n do
     else
       local kind, val = string.sub(rec, #fpp + 1, #fpp + 1), string.sub(rec, #fpp + 3)
       if kind == 'h' then
-        local hv = fresh[val] or redis.call('HGET', h, val)
+        local hv = redis.call('HGET', h, val)
+        if not hv and written[field] then
+          -- Made earlier in this batch, not written yet.
+          for j = 1, nh, 2 do
+            if hold_pairs[j] == val then
+              hv = hold_pairs[j + 1]
+              break
+            end
+          end
+        end
         -- A record whose hold is gone (state rebuilt without it) settles nothing.
         if hv then
           res = {val, hv}
@@ -60,8 +69,11 @@ for i = 1, n do
     end
   end
   if not res then
-    local user, qty_s, hid = ARGV[U + i], ARGV[Q + i], ARGV[H + i]
-    local qty = tonumber(qty_s)
+    local user, hid = ARGV[U + i], ARGV[H + i]
+    if ARGV[Q + i] ~= qty_s then
+      qty_s = ARGV[Q + i]
+      qty = tonumber(qty_s)
+    end
     if ARGV[T + i] ~= now_s then
       now_s = ARGV[T + i]
       now = tonumber(now_s)
@@ -94,7 +106,6 @@ for i = 1, n do
       taken[hid] = true
       local pos_s = fmt(pos)
       local hv = 'H\t' .. qty_s .. '\t' .. pos_s .. '\t' .. now_s .. '\t' .. exp_s .. '\t' .. user
-      fresh[hid] = hv
       nh = nh + 2
       hold_pairs[nh - 1], hold_pairs[nh] = hid, hv
       exp_pairs[nh - 1], exp_pairs[nh] = exp_s, hid
@@ -119,7 +130,7 @@ end
 if nh > 0 then
   redis.call('HSET', h, unpack(hold_pairs))
   redis.call('ZADD', x, unpack(exp_pairs))
-  redis.call('ZADD', a, unpack(pos_pairs))
+  redis.call('HSET', a, unpack(pos_pairs))
   local usage = {}
   for j = 1, nt do
     usage[2 * j - 1], usage[2 * j] = touched[j], fmt(used[touched[j]])
