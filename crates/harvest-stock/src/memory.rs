@@ -358,13 +358,15 @@ impl MemoryEngine {
     }
 }
 
-/// How many times [`lock_hot`] polls a held lock before it parks the thread.
-const LOCK_SPINS: u32 = 4_000;
+/// How many times [`lock_hot`] polls a held lock before it parks the thread: enough
+/// for several critical sections, few enough to stop early if the holder was
+/// descheduled.
+const LOCK_SPINS: u32 = 1_000;
 
 /// Locks a sale for a reservation. The critical section is a fraction of a
 /// microsecond, much shorter than parking a thread and waking it (which a contended
-/// `lock` soon does, after yielding the CPU a few times), so a busy lock is polled for
-/// a few microseconds first.
+/// `lock` soon does, after yielding the CPU a few times), so a busy lock is polled
+/// first.
 fn lock_hot(lock: &Mutex<SaleState>) -> MutexGuard<'_, SaleState> {
     let mut spins = 0;
     loop {
