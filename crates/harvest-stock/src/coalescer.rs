@@ -11,27 +11,33 @@
 //! later reservations for that sale are refused on the spot, without a backend call.
 //! That is allowed because `sold_out` is never recorded against an idempotency key
 //! (API.md §1), so the answer depends on nothing but the stock, with one exception: a
-//! replay must get the key's first final outcome back. The lane remembers the final
-//! outcomes it handed out (holds and recorded rejections, for the idempotency TTL) and
-//! answers such replays from memory; a replay whose first answer came from another
-//! node is answered `sold_out` while the flag is up, so a caller that needs exact
-//! replays across nodes keeps its own record of final responses. The flag is a hint,
+//! replay must get the key's first final outcome back. The lane remembers a 64-bit
+//! digest of every idempotency scope (user and key) it handed a recorded outcome for
+//! (holds and recorded rejections, for the idempotency TTL, at most 2^20 scopes per
+//! sale), and sends requests of those scopes to the engine even while the flag is up,
+//! so their replays get the engine's exact answer; a replay whose first answer came
+//! from another node is answered `sold_out` while the flag is up, so a caller that
+//! needs exact replays across nodes keeps its own record of final responses. The flag
+//! is a hint,
 //! never the authority: it is cleared when this coalescer sees stock come back
 //! (`release`, `expire_due`, `restore_sale`, `end_sale`), when the caller says so
 //! ([`Coalescer::stock_returned`], e.g. on a `sale.stock` event from another node), and
 //! it lapses after `sold_out_recheck`, when the next request goes to the engine again.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+use dashmap::mapref::one::Ref;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tracing::debug;
 
+use crate::digest::{BuildPrehashed, Seed};
 use crate::engine::StockEngine;
 use crate::error::StockError;
 use crate::types::{
@@ -71,14 +77,18 @@ pub struct CoalescerStats {
 
 type Reply = oneshot::Sender<Result<ReserveOutcome, StockError>>;
 
-struct Pending {
-    req: ReserveRequest,
+/// A queued caller: where its answer goes, and what the lane remembers of its request.
+struct Waiter {
+    scope: u64,
+    now_ms: i64,
     reply: Reply,
 }
 
+/// Requests waiting for the next batch, in arrival order (`reqs[i]` is `waiters[i]`'s).
 #[derive(Default)]
 struct Queue {
-    pending: Vec<Pending>,
+    reqs: Vec<ReserveRequest>,
+    waiters: Vec<Waiter>,
     flushing: bool,
 }
 
@@ -93,26 +103,35 @@ struct Lane {
     generation: AtomicU64,
     /// The sale's `ends_at_ms`, once known (`i64::MIN` until then).
     ends_at_ms: AtomicI64,
-    /// Final outcomes this lane handed out (holds and recorded rejections), by
-    /// idempotency scope, to answer replays while sold out.
-    replays: DashMap<String, (String, ReserveOutcome)>,
-    /// Insertion order of `replays` with the request's clock, to forget old entries.
-    replay_order: Mutex<VecDeque<(i64, String)>>,
+    /// Idempotency scopes this lane handed a final outcome for.
+    seen: Mutex<Seen>,
 }
 
-/// Most outcomes a lane remembers; the oldest are forgotten first.
-const MAX_REPLAYS_PER_LANE: usize = 1 << 20;
+/// Most scopes a lane remembers; the oldest are forgotten first.
+const MAX_SEEN_PER_LANE: usize = 1 << 20;
 
-/// What a lane keeps of a request to remember its hold.
-struct ReplayScope {
-    user_id: String,
-    idempotency_key: String,
-    request_fingerprint: String,
-    now_ms: i64,
+/// Digests of idempotency scopes (`(user, key)`) whose key has a recorded outcome that
+/// this lane handed out, with their request clocks in insertion order.
+#[derive(Default)]
+struct Seen {
+    scopes: HashSet<u64, BuildPrehashed>,
+    order: VecDeque<(i64, u64)>,
 }
 
-fn replay_key(user: &str, key: &str) -> String {
-    format!("{}:{user}:{key}", user.len())
+impl Seen {
+    fn insert(&mut self, scope: u64, now_ms: i64) {
+        let ttl = i64::try_from(IDEMPOTENCY_TTL.as_millis()).unwrap_or(i64::MAX);
+        while let Some(&(at, old)) = self.order.front() {
+            if at.saturating_add(ttl) > now_ms && self.order.len() < MAX_SEEN_PER_LANE {
+                break;
+            }
+            self.order.pop_front();
+            self.scopes.remove(&old);
+        }
+        if self.scopes.insert(scope) {
+            self.order.push_back((now_ms, scope));
+        }
+    }
 }
 
 impl Lane {
@@ -123,48 +142,15 @@ impl Lane {
             sold_out_until_us: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             ends_at_ms: AtomicI64::new(i64::MIN),
-            replays: DashMap::new(),
-            replay_order: Mutex::new(VecDeque::new()),
+            seen: Mutex::new(Seen::default()),
         }
     }
 
-    fn remember(&self, req: &ReplayScope, outcome: &ReserveOutcome) {
-        let key = replay_key(&req.user_id, &req.idempotency_key);
-        let ttl = i64::try_from(IDEMPOTENCY_TTL.as_millis()).unwrap_or(i64::MAX);
-        let mut order = self.replay_order.lock();
-        while let Some((at, _)) = order.front() {
-            if at.saturating_add(ttl) > req.now_ms && order.len() < MAX_REPLAYS_PER_LANE {
-                break;
-            }
-            if let Some((_, old)) = order.pop_front() {
-                self.replays.remove(&old);
-            }
-        }
-        if self
-            .replays
-            .insert(
-                key.clone(),
-                (req.request_fingerprint.clone(), outcome.clone()),
-            )
-            .is_none()
-        {
-            order.push_back((req.now_ms, key));
-        }
-    }
-
-    /// The answer to a request while sold out: a remembered hold, or `SoldOut`.
-    fn local_answer(&self, req: &ReserveRequest) -> ReserveOutcome {
-        if self.replays.is_empty() {
-            return ReserveOutcome::Rejected(Reject::SoldOut);
-        }
-        match self
-            .replays
-            .get(&replay_key(&req.user_id, &req.idempotency_key))
-        {
-            Some(e) if e.value().0 == req.request_fingerprint => e.value().1.clone(),
-            Some(_) => ReserveOutcome::Rejected(Reject::IdempotencyKeyReused),
-            None => ReserveOutcome::Rejected(Reject::SoldOut),
-        }
+    /// Whether this lane handed out a recorded outcome for the scope (a replay must
+    /// get it back, so it goes to the engine even while the sale is sold out).
+    fn saw(&self, scope: u64) -> bool {
+        let seen = self.seen.lock();
+        !seen.scopes.is_empty() && seen.scopes.contains(&scope)
     }
 
     fn clear_sold_out(&self) {
@@ -177,6 +163,8 @@ struct Shared {
     inner: Arc<dyn StockEngine>,
     cfg: CoalescerConfig,
     lanes: DashMap<String, Arc<Lane>>,
+    /// Seeds the digests of idempotency scopes.
+    scope_hasher: Seed,
     epoch: Instant,
     batches: AtomicU64,
     batched_requests: AtomicU64,
@@ -188,16 +176,20 @@ impl Shared {
         u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    fn lane(&self, sale_id: &str) -> Arc<Lane> {
+    fn lane(&self, sale_id: &str) -> Ref<'_, String, Arc<Lane>> {
         if let Some(l) = self.lanes.get(sale_id) {
-            return Arc::clone(l.value());
+            return l;
         }
-        Arc::clone(
-            self.lanes
-                .entry(sale_id.to_owned())
-                .or_insert_with(|| Arc::new(Lane::new(sale_id)))
-                .value(),
-        )
+        self.lanes
+            .entry(sale_id.to_owned())
+            .or_insert_with(|| Arc::new(Lane::new(sale_id)))
+            .downgrade()
+    }
+
+    /// The digest of a request's idempotency scope.
+    fn scope(&self, req: &ReserveRequest) -> u64 {
+        self.scope_hasher
+            .hash_one((req.user_id.as_str(), req.idempotency_key.as_str()))
     }
 
     fn stock_returned(&self, sale_id: &str) {
@@ -244,53 +236,59 @@ impl Shared {
 
     /// Sends queued requests of one lane, batch after batch, until the queue is empty.
     async fn flush(self: Arc<Self>, lane: Arc<Lane>) {
+        let max = self.cfg.max_batch.max(1);
         loop {
-            let batch: Vec<Pending> = {
+            let (reqs, waiters) = {
                 let mut q = lane.queue.lock();
-                if q.pending.is_empty() {
+                let n = q.reqs.len();
+                if n == 0 {
                     q.flushing = false;
                     return;
                 }
-                let n = q.pending.len().min(self.cfg.max_batch.max(1));
-                q.pending.drain(..n).collect()
+                if n <= max {
+                    // The next batch is likely as large as this one.
+                    (
+                        std::mem::replace(&mut q.reqs, Vec::with_capacity(n)),
+                        std::mem::replace(&mut q.waiters, Vec::with_capacity(n)),
+                    )
+                } else {
+                    (
+                        q.reqs.drain(..max).collect::<Vec<_>>(),
+                        q.waiters.drain(..max).collect::<Vec<_>>(),
+                    )
+                }
             };
             let generation = lane.generation.load(Ordering::Acquire);
-            let (reqs, replies): (Vec<ReserveRequest>, Vec<Reply>) =
-                batch.into_iter().map(|p| (p.req, p.reply)).unzip();
+            let n = reqs.len();
             self.batches.fetch_add(1, Ordering::Relaxed);
-            self.batched_requests
-                .fetch_add(reqs.len() as u64, Ordering::Relaxed);
-            let scopes: Vec<ReplayScope> = reqs
-                .iter()
-                .map(|r| ReplayScope {
-                    user_id: r.user_id.clone(),
-                    idempotency_key: r.idempotency_key.clone(),
-                    request_fingerprint: r.request_fingerprint.clone(),
-                    now_ms: r.now_ms,
-                })
-                .collect();
+            self.batched_requests.fetch_add(n as u64, Ordering::Relaxed);
             let mut results = self.inner.reserve_batch(reqs).await;
-            results.resize_with(scopes.len(), || {
+            results.resize_with(n, || {
                 Err(StockError::Backend("batch answered too few results".into()))
             });
             let mut sold_out = false;
-            for (req, r) in scopes.iter().zip(&results) {
-                match r {
-                    Ok(ReserveOutcome::Rejected(Reject::SoldOut)) => sold_out = true,
-                    Ok(o @ ReserveOutcome::Held(_)) => lane.remember(req, o),
-                    Ok(o @ ReserveOutcome::Rejected(rej)) if rej.is_recorded() => {
-                        lane.remember(req, o);
+            {
+                let mut seen = lane.seen.lock();
+                for (w, r) in waiters.iter().zip(&results) {
+                    match r {
+                        Ok(ReserveOutcome::Rejected(Reject::SoldOut)) => sold_out = true,
+                        Ok(ReserveOutcome::Held(_)) => seen.insert(w.scope, w.now_ms),
+                        Ok(ReserveOutcome::Rejected(rej))
+                            if rej.is_recorded() || *rej == Reject::IdempotencyKeyReused =>
+                        {
+                            seen.insert(w.scope, w.now_ms);
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
             // Raised before anyone hears `sold_out`, so the next attempt is local.
             if sold_out {
                 self.raise_sold_out(&lane, generation).await;
             }
-            for (reply, r) in replies.into_iter().zip(results) {
+            for (w, r) in waiters.into_iter().zip(results) {
                 // The caller may have given up; its outcome stands all the same.
-                let _ = reply.send(r);
+                let _ = w.reply.send(r);
             }
         }
     }
@@ -312,6 +310,7 @@ impl Coalescer {
                 inner,
                 cfg,
                 lanes: DashMap::new(),
+                scope_hasher: Seed::default(),
                 epoch: Instant::now(),
                 batches: AtomicU64::new(0),
                 batched_requests: AtomicU64::new(0),
@@ -371,19 +370,30 @@ impl StockEngine for Coalescer {
 
     async fn reserve(&self, req: ReserveRequest) -> Result<ReserveOutcome, StockError> {
         req.validate()?;
-        let lane = self.shared.lane(&req.sale_id);
-        if self.shared.answers_locally(&lane, &req) {
-            self.shared.local_sold_out.fetch_add(1, Ordering::Relaxed);
-            return Ok(lane.local_answer(&req));
-        }
-        let (tx, rx) = oneshot::channel();
-        let start_flusher = {
-            let mut q = lane.queue.lock();
-            q.pending.push(Pending { req, reply: tx });
-            !std::mem::replace(&mut q.flushing, true)
+        let shared = &self.shared;
+        let scope = shared.scope(&req);
+        let (rx, flusher) = {
+            let lane = shared.lane(&req.sale_id);
+            if shared.answers_locally(&lane, &req) && !lane.saw(scope) {
+                shared.local_sold_out.fetch_add(1, Ordering::Relaxed);
+                return Ok(ReserveOutcome::Rejected(Reject::SoldOut));
+            }
+            let (tx, rx) = oneshot::channel();
+            let waiter = Waiter {
+                scope,
+                now_ms: req.now_ms,
+                reply: tx,
+            };
+            let start_flusher = {
+                let mut q = lane.queue.lock();
+                q.reqs.push(req);
+                q.waiters.push(waiter);
+                !std::mem::replace(&mut q.flushing, true)
+            };
+            (rx, start_flusher.then(|| Arc::clone(lane.value())))
         };
-        if start_flusher {
-            tokio::spawn(Arc::clone(&self.shared).flush(Arc::clone(&lane)));
+        if let Some(lane) = flusher {
+            tokio::spawn(Arc::clone(shared).flush(lane));
         }
         rx.await
             .unwrap_or_else(|_| Err(StockError::Backend("reservation flusher stopped".into())))

@@ -66,6 +66,7 @@
 //! ```
 
 mod coalescer;
+mod digest;
 mod engine;
 mod error;
 mod memory;

@@ -7,14 +7,24 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P{s:ID}:m` | hash | the marker and counters: `stock limit ttl start end ended rem held sold pos` |
+//! | `P{s:ID}:m` | hash | the marker and counters: `stock limit ttl start end ended rem held sold pos`, and `rpos` (the last restored position) |
 //! | `P{s:ID}:u` | hash | user → units held plus bought (the per-user limit) |
 //! | `P{s:ID}:h` | hash | hold id → packed hold (`status qty pos created expires user`) |
 //! | `P{s:ID}:x` | zset | held hold ids by `expires_at` (the expiry index) |
-//! | `P{s:ID}:a` | zset | every successful hold id by position (the allocation log) |
+//! | `P{s:ID}:a` | hash | position → hold id of every hold made by a reservation (the allocation log; its positions are dense, after the restored ones) |
+//! | `P{s:ID}:r` | zset | restored hold ids by position (the allocation log up to the meta's `rpos`) |
 //! | `P{s:ID}:i` | hash | idempotency records: `<len(user)>:<user>:<key>` → fingerprint and outcome; the hash expires 24 h after its last write |
 //! | `Pstock:sales` | set | sales that may have held holds (what the sweeper visits) |
-//! | `Pstock:hold:<hold_id>` | string | the sale of a hold (lookups by hold id), 7 days |
+//! | `P{hidx:N}:cur`, `P{hidx:N}:old` | hash | hold id → sale (lookups by hold id), the current and previous generation of bucket `N` |
+//! | `P{hidx:N}:at` | string | when bucket `N` last rotated (ms) |
+//!
+//! The hold index is split in 16 buckets by an FNV-1a hash of the hold id (so every
+//! node finds an id in the same bucket); a batch of reservations writes its holds with
+//! one `HSET` per bucket. The sweeper ([`StockEngine::expire_due`]) rotates a bucket
+//! once `hold_index_ttl` has passed since its last rotation: the previous generation is
+//! unlinked (freed in the background) and the current one becomes the previous, so a
+//! hold id stays findable for at least `hold_index_ttl` and less than twice that (plus
+//! the time between sweeps; an engine asks the buckets at most every eighth of the TTL).
 //!
 //! A sale joins `Pstock:sales` before any hold is made (create, restore, and around
 //! every reservation call); the sweeper drops it once it has no held hold, then looks
@@ -28,7 +38,8 @@
 //! # Scripts
 //!
 //! `reserve` (a whole batch per call), `peek` (read-only replay lookup), `release`,
-//! `confirm`, `expire`, `create`, `end`, `allocations` and `restore`, sent with
+//! `confirm`, `expire`, `create`, `end`, `allocations`, `restore` and `rotate` (the
+//! hold index), sent with
 //! `EVALSHA` and reloaded on `NOSCRIPT` (after a restart or failover).
 //!
 //! # Failures
@@ -40,12 +51,13 @@
 //! is guessed.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use redis::{ErrorKind, RedisError, RedisWrite, Script, ServerErrorKind, ToRedisArgs, Value};
 use tracing::{debug, warn};
 
 use crate::engine::StockEngine;
@@ -70,7 +82,8 @@ pub struct RedisConfig {
     pub max_script_batch: usize,
     /// How long idempotency records live. Default 24 h.
     pub idempotency_ttl: Duration,
-    /// How long the hold-id → sale index lives. Default 7 days.
+    /// How long hold ids stay findable (the hold-id → sale index) at least; they go
+    /// within twice this, as the sweeper rotates the index. Default 7 days.
     pub hold_index_ttl: Duration,
 }
 
@@ -98,6 +111,7 @@ struct Scripts {
     end: Script,
     allocations: Script,
     restore: Script,
+    rotate: Script,
 }
 
 impl Scripts {
@@ -113,6 +127,7 @@ impl Scripts {
             end: s(include_str!("lua/end.lua")),
             allocations: s(include_str!("lua/allocations.lua")),
             restore: s(include_str!("lua/restore.lua")),
+            rotate: s(include_str!("lua/rotate.lua")),
         }
     }
 }
@@ -124,7 +139,29 @@ struct SaleKeys {
     holds: String,
     expiry: String,
     alloc: String,
+    restored: String,
     idem: String,
+}
+
+/// Buckets of the hold index. Fixed: every node must find an id in the same bucket.
+const INDEX_BUCKETS: usize = 16;
+
+/// The index bucket of a hold id (FNV-1a, the same in every process and version).
+fn index_bucket(hold_id: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in hold_id.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // The remainder is below INDEX_BUCKETS.
+    (h % INDEX_BUCKETS as u64) as usize
+}
+
+/// The keys of one bucket of the hold index (they share a hash tag).
+struct IndexBucket {
+    cur: String,
+    old: String,
+    at: String,
 }
 
 /// The Redis-backed [`StockEngine`] (one server, or one Cluster slot per sale).
@@ -132,6 +169,9 @@ pub struct RedisEngine {
     conn: ConnectionManager,
     cfg: RedisConfig,
     scripts: Scripts,
+    index: Vec<IndexBucket>,
+    /// When this engine last asked the buckets to rotate (`i64::MIN`: never).
+    index_checked_ms: AtomicI64,
     sweep_cursor: AtomicUsize,
 }
 
@@ -153,10 +193,22 @@ impl RedisEngine {
             .set_number_of_retries(1)
             .set_max_delay(cfg.timeout);
         let conn = ConnectionManager::new_lazy_with_config(client, mgr).map_err(map_err)?;
+        let index = (0..INDEX_BUCKETS)
+            .map(|n| {
+                let base = format!("{}{{hidx:{n}}}", cfg.key_prefix);
+                IndexBucket {
+                    cur: format!("{base}:cur"),
+                    old: format!("{base}:old"),
+                    at: format!("{base}:at"),
+                }
+            })
+            .collect();
         Ok(Self {
             conn,
             cfg,
             scripts: Scripts::new(),
+            index,
+            index_checked_ms: AtomicI64::new(i64::MIN),
             sweep_cursor: AtomicUsize::new(0),
         })
     }
@@ -170,7 +222,7 @@ impl RedisEngine {
     /// is what losing the sale's state looks like; tests and tools use this.
     pub fn sale_keys(&self, sale_id: &str) -> Vec<String> {
         let k = self.keys(sale_id);
-        vec![k.meta, k.usage, k.holds, k.expiry, k.alloc]
+        vec![k.meta, k.usage, k.holds, k.expiry, k.alloc, k.restored]
     }
 
     fn keys(&self, sale_id: &str) -> SaleKeys {
@@ -181,21 +233,63 @@ impl RedisEngine {
             holds: format!("{base}:h"),
             expiry: format!("{base}:x"),
             alloc: format!("{base}:a"),
+            restored: format!("{base}:r"),
             idem: format!("{base}:i"),
         }
-    }
-
-    /// The field of a request's idempotency record (computed the same way in Lua).
-    fn idem_field(user: &str, key: &str) -> String {
-        format!("{}:{user}:{key}", user.len())
     }
 
     fn sales_set(&self) -> String {
         format!("{}stock:sales", self.cfg.key_prefix)
     }
 
-    fn hold_index_key(&self, hold_id: &str) -> String {
-        format!("{}stock:hold:{hold_id}", self.cfg.key_prefix)
+    /// Adds `HSET`s that index `hold_ids` (all of `sale_id`), one per bucket.
+    fn index_holds<'a>(
+        &self,
+        pipe: &mut redis::Pipeline,
+        sale_id: &str,
+        hold_ids: impl Iterator<Item = &'a str>,
+    ) {
+        let mut buckets: Vec<Option<redis::Cmd>> = (0..INDEX_BUCKETS).map(|_| None).collect();
+        for id in hold_ids {
+            let b = index_bucket(id);
+            buckets[b]
+                .get_or_insert_with(|| {
+                    let mut c = redis::cmd("HSET");
+                    c.arg(&self.index[b].cur);
+                    c
+                })
+                .arg(id)
+                .arg(sale_id);
+        }
+        for cmd in buckets.into_iter().flatten() {
+            pipe.add_command(cmd).ignore();
+        }
+    }
+
+    /// Rotates the buckets of the hold index that are due (see the module docs); asks
+    /// at most every eighth of the TTL.
+    async fn rotate_index(&self, now_ms: i64) -> Result<(), StockError> {
+        let ttl_ms = i64::try_from(self.cfg.hold_index_ttl.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let checked = self.index_checked_ms.load(Ordering::Relaxed);
+        if checked != i64::MIN && now_ms.abs_diff(checked) < (ttl_ms / 8).max(1).unsigned_abs() {
+            return Ok(());
+        }
+        self.index_checked_ms.store(now_ms, Ordering::Relaxed);
+        let mut pipe = redis::Pipeline::with_capacity(INDEX_BUCKETS);
+        for b in &self.index {
+            let mut inv = self.scripts.rotate.prepare_invoke();
+            inv.key(&b.cur)
+                .key(&b.old)
+                .key(&b.at)
+                .arg(now_ms)
+                .arg(ttl_ms);
+            pipe.invoke_script(&inv).ignore();
+        }
+        self.pipeline_with_script(&pipe, &self.scripts.rotate)
+            .await
+            .map(|_| ())
     }
 
     /// Runs one Redis future under the configured timeout.
@@ -225,60 +319,96 @@ impl RedisEngine {
 
     /// Which sale a hold belongs to.
     async fn sale_of_hold(&self, hold_id: &str) -> Result<String, StockError> {
-        let v = self
-            .query(redis::cmd("GET").arg(self.hold_index_key(hold_id)))
-            .await?;
-        text(&v).ok_or_else(|| StockError::HoldNotFound(hold_id.to_owned()))
+        let b = &self.index[index_bucket(hold_id)];
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg(&b.cur).arg(hold_id);
+        pipe.cmd("HGET").arg(&b.old).arg(hold_id);
+        let v = self.pipeline(&pipe).await?;
+        array(v)
+            .unwrap_or_default()
+            .iter()
+            .find_map(text)
+            .ok_or_else(|| StockError::HoldNotFound(hold_id.to_owned()))
     }
 
     /// Reserves requests of one sale (already validated, at most one script batch).
     async fn reserve_chunk(
         &self,
-        reqs: &[ReserveRequest],
+        reqs: Vec<ReserveRequest>,
     ) -> Vec<Result<ReserveOutcome, StockError>> {
         let Some(first) = reqs.first() else {
             return Vec::new();
         };
-        let sale_id = first.sale_id.as_str();
-        let k = self.keys(sale_id);
-        let mut inv = self.scripts.reserve.prepare_invoke();
-        inv.key(&k.meta)
-            .key(&k.usage)
-            .key(&k.holds)
-            .key(&k.expiry)
-            .key(&k.alloc)
-            .key(&k.idem);
-        inv.arg(reqs.len())
+        let sale_id = first.sale_id.clone();
+        let k = self.keys(&sale_id);
+        // EVALSHA built in one buffer (see `lua/reserve.lua` for the argument layout),
+        // sized up front: two runs hold the user, and numbers take at most 20 bytes.
+        let bytes = reqs
+            .iter()
+            .map(|r| {
+                2 * r.user_id.len()
+                    + r.idempotency_key.len()
+                    + r.request_fingerprint.len()
+                    + r.hold_id.len()
+                    + 80
+            })
+            .sum::<usize>()
+            + 7 * k.meta.len()
+            + 128;
+        let mut eval = redis::Cmd::with_capacity(11 + 6 * reqs.len(), bytes);
+        eval.arg("EVALSHA")
+            .arg(self.scripts.reserve.get_hash())
+            .arg(6)
+            .arg(&k.meta)
+            .arg(&k.usage)
+            .arg(&k.holds)
+            .arg(&k.expiry)
+            .arg(&k.alloc)
+            .arg(&k.idem)
+            .arg(reqs.len())
             .arg(self.cfg.idempotency_ttl.as_secs().max(1));
-        for r in reqs {
-            inv.arg(&r.user_id)
-                .arg(r.quantity)
-                .arg(&r.idempotency_key)
-                .arg(&r.request_fingerprint)
-                .arg(&r.hold_id)
-                .arg(r.now_ms);
+        for r in &reqs {
+            eval.arg(IdemField(&r.user_id, &r.idempotency_key));
+        }
+        for r in &reqs {
+            eval.arg(&r.user_id);
+        }
+        for r in &reqs {
+            eval.arg(r.quantity);
+        }
+        for r in &reqs {
+            eval.arg(FingerprintPrefix(&r.request_fingerprint));
+        }
+        for r in &reqs {
+            eval.arg(&r.hold_id);
+        }
+        for r in &reqs {
+            eval.arg(r.now_ms);
         }
         // Register the sale with the sweeper before (and, below, after) the script: a
         // hold is never left outside the set the sweeper walks.
         let mut pipe = redis::pipe();
-        pipe.cmd("SADD").arg(self.sales_set()).arg(sale_id).ignore();
-        pipe.invoke_script(&inv);
+        pipe.cmd("SADD")
+            .arg(self.sales_set())
+            .arg(&sale_id)
+            .ignore();
+        pipe.add_command(eval);
         let reply = match self
             .pipeline_with_script(&pipe, &self.scripts.reserve)
             .await
         {
             Ok(v) => first_of(v),
             Err(e) if e.is_transient() => {
-                debug!(sale_id, error = %e, "reservation reply lost; reading idempotency records");
-                return self.settle_ambiguous(&k, reqs, e).await;
+                debug!(%sale_id, error = %e, "reservation reply lost; reading idempotency records");
+                return self.settle_ambiguous(&k, &reqs, e).await;
             }
             Err(e) => return reqs.iter().map(|_| Err(e.clone())).collect(),
         };
         let out = match parse_reserve_reply(reply, reqs) {
             Ok(out) => out,
-            Err(e) => return reqs.iter().map(|_| Err(e.clone())).collect(),
+            Err((e, n)) => return (0..n).map(|_| Err(e.clone())).collect(),
         };
-        self.after_reserve(sale_id, out).await
+        self.after_reserve(&sale_id, out).await
     }
 
     /// Runs a pipeline that ends with a script, loading the script when Redis lost it.
@@ -322,19 +452,13 @@ impl RedisEngine {
         if held.is_empty() {
             return out;
         }
-        let ttl = self.cfg.hold_index_ttl.as_secs().max(1);
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(INDEX_BUCKETS + 1);
         pipe.cmd("SADD").arg(self.sales_set()).arg(sale_id).ignore();
-        for &i in &held {
-            if let Ok(ReserveOutcome::Held(h)) = &out[i] {
-                pipe.cmd("SET")
-                    .arg(self.hold_index_key(&h.hold_id))
-                    .arg(sale_id)
-                    .arg("EX")
-                    .arg(ttl)
-                    .ignore();
-            }
-        }
+        let ids = held.iter().filter_map(|&i| match &out[i] {
+            Ok(ReserveOutcome::Held(h)) => Some(h.hold_id.as_str()),
+            _ => None,
+        });
+        self.index_holds(&mut pipe, sale_id, ids);
         if let Err(e) = self.pipeline(&pipe).await {
             warn!(sale_id, error = %e, "could not index new holds; answering unavailable");
             for i in held {
@@ -359,7 +483,7 @@ impl RedisEngine {
         let mut inv = self.scripts.peek.prepare_invoke();
         inv.key(&k.holds).key(&k.idem);
         for r in reqs {
-            inv.arg(Self::idem_field(&r.user_id, &r.idempotency_key))
+            inv.arg(IdemField(&r.user_id, &r.idempotency_key))
                 .arg(&r.request_fingerprint);
         }
         let mut conn = self.conn.clone();
@@ -472,6 +596,33 @@ impl RedisEngine {
     }
 }
 
+/// `<len(user)>:<user>:<key>`: the field of a request's idempotency record, written
+/// straight into the command.
+struct IdemField<'a>(&'a str, &'a str);
+
+impl ToRedisArgs for IdemField<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let (user, key) = (self.0, self.1);
+        write_arg(out, format_args!("{}:{user}:{key}", user.len()));
+    }
+}
+
+/// `<len(fp)>:<fp>`: how an idempotency record made with this fingerprint starts.
+struct FingerprintPrefix<'a>(&'a str);
+
+impl ToRedisArgs for FingerprintPrefix<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let fp = self.0;
+        write_arg(out, format_args!("{}:{fp}", fp.len()));
+    }
+}
+
+/// Appends one formatted argument without an intermediate string.
+fn write_arg<W: ?Sized + RedisWrite>(out: &mut W, arg: std::fmt::Arguments<'_>) {
+    // Writing into the command's own buffer cannot fail.
+    let _ = out.writer_for_next_arg().write_fmt(arg);
+}
+
 fn map_err(e: RedisError) -> StockError {
     if e.is_timeout() {
         return StockError::Unavailable("redis call timed out".into());
@@ -558,32 +709,71 @@ fn pack_hold(h: &Hold) -> String {
     )
 }
 
+/// Turns the reserve script's reply into one outcome per request, moving the requests'
+/// strings into their holds. On a malformed reply, the error and how many requests it
+/// answers.
 fn parse_reserve_reply(
     reply: Value,
-    reqs: &[ReserveRequest],
-) -> Result<Vec<Result<ReserveOutcome, StockError>>, StockError> {
+    reqs: Vec<ReserveRequest>,
+) -> Result<Vec<Result<ReserveOutcome, StockError>>, (StockError, usize)> {
+    let n = reqs.len();
     if text(&reply).as_deref() == Some("lost") {
-        let sale_id = reqs.first().map(|r| r.sale_id.clone()).unwrap_or_default();
-        return Ok(reqs
-            .iter()
-            .map(|_| {
-                Err(StockError::SaleStateLost {
-                    sale_id: sale_id.clone(),
-                })
-            })
-            .collect());
+        let sale_id = reqs
+            .into_iter()
+            .next()
+            .map(|r| r.sale_id)
+            .unwrap_or_default();
+        let lost = StockError::SaleStateLost { sale_id };
+        return Ok(vec![Err(lost); n]);
     }
-    let items = array(reply)
-        .filter(|a| a.len() == reqs.len())
-        .ok_or_else(|| StockError::Backend("malformed reserve reply".into()))?;
+    let malformed = || (StockError::Backend("malformed reserve reply".into()), n);
+    let mut items = array(reply)
+        .filter(|a| a.len() == n + 1)
+        .ok_or_else(malformed)?
+        .into_iter();
+    let ttl_ms = items.next().as_ref().and_then(int).ok_or_else(malformed)?;
     Ok(items
-        .into_iter()
         .zip(reqs)
-        .map(|(item, r)| {
-            parse_reserve_item(item, r)?
-                .ok_or_else(|| StockError::Backend("reserve reply without an outcome".into()))
-        })
+        .map(|(item, r)| parse_reserve_outcome(item, r, ttl_ms))
         .collect())
+}
+
+/// One request's reply from the reserve script (see `lua/reserve.lua`).
+fn parse_reserve_outcome(
+    item: Value,
+    r: ReserveRequest,
+    ttl_ms: i64,
+) -> Result<ReserveOutcome, StockError> {
+    let bad = || StockError::Backend("malformed reserve item".into());
+    match item {
+        Value::Int(position) => Ok(ReserveOutcome::Held(Hold {
+            position: u64::try_from(position).map_err(|_| bad())?,
+            quantity: r.quantity,
+            created_at_ms: r.now_ms,
+            expires_at_ms: r.now_ms.saturating_add(ttl_ms),
+            status: HoldStatus::Held,
+            hold_id: r.hold_id,
+            sale_id: r.sale_id,
+            user_id: r.user_id,
+        })),
+        Value::Array(parts) => match parts.as_slice() {
+            [id, packed] => {
+                let (id, packed) = (text(id).ok_or_else(bad)?, text(packed).ok_or_else(bad)?);
+                let mut h = parse_hold(&id, &r.sale_id, &packed)?;
+                // The first outcome, as first answered.
+                h.status = HoldStatus::Held;
+                Ok(ReserveOutcome::Held(h))
+            }
+            _ => Err(bad()),
+        },
+        other => match text(&other).as_deref() {
+            Some("taken") => Err(StockError::HoldIdTaken(r.hold_id)),
+            Some(code) => Reject::from_code(code)
+                .map(ReserveOutcome::Rejected)
+                .ok_or_else(|| StockError::Backend(format!("unknown rejection {code}"))),
+            None => Err(bad()),
+        },
+    }
 }
 
 /// One request's reply: `Some(outcome)`, or `None` for `{'none'}` (nothing recorded).
@@ -709,7 +899,7 @@ impl StockEngine for RedisEngine {
 
     async fn reserve(&self, req: ReserveRequest) -> Result<ReserveOutcome, StockError> {
         req.validate()?;
-        let mut out = self.reserve_chunk(std::slice::from_ref(&req)).await;
+        let mut out = self.reserve_chunk(vec![req]).await;
         out.pop()
             .unwrap_or_else(|| Err(StockError::Backend("empty reservation result".into())))
     }
@@ -718,31 +908,26 @@ impl StockEngine for RedisEngine {
         &self,
         reqs: Vec<ReserveRequest>,
     ) -> Vec<Result<ReserveOutcome, StockError>> {
-        let mut out: Vec<Option<Result<ReserveOutcome, StockError>>> = vec![None; reqs.len()];
+        let n = reqs.len();
+        let mut out: Vec<Option<Result<ReserveOutcome, StockError>>> = vec![None; n];
         // Valid requests, in order, cut into runs of one sale and at most one script batch.
-        let mut run: Vec<usize> = Vec::new();
         let max = self.cfg.max_script_batch.max(1);
-        let flush = |run: &mut Vec<usize>| {
-            let idx = std::mem::take(run);
-            let chunk: Vec<ReserveRequest> = idx.iter().map(|&i| reqs[i].clone()).collect();
-            (idx, chunk)
-        };
-        let mut chunks = Vec::new();
-        for (i, r) in reqs.iter().enumerate() {
+        let mut chunks: Vec<(Vec<usize>, Vec<ReserveRequest>)> = Vec::new();
+        for (i, r) in reqs.into_iter().enumerate() {
             if let Err(e) = r.validate() {
                 out[i] = Some(Err(e));
                 continue;
             }
-            if run.len() >= max || run.first().is_some_and(|&j| reqs[j].sale_id != r.sale_id) {
-                chunks.push(flush(&mut run));
+            match chunks.last_mut() {
+                Some((idx, run)) if run.len() < max && run[0].sale_id == r.sale_id => {
+                    idx.push(i);
+                    run.push(r);
+                }
+                _ => chunks.push((vec![i], vec![r])),
             }
-            run.push(i);
         }
-        if !run.is_empty() {
-            chunks.push(flush(&mut run));
-        }
-        for (idx, chunk) in chunks {
-            for (i, res) in idx.into_iter().zip(self.reserve_chunk(&chunk).await) {
+        for (idx, run) in chunks {
+            for (i, res) in idx.into_iter().zip(self.reserve_chunk(run).await) {
                 out[i] = Some(res);
             }
         }
@@ -806,6 +991,10 @@ impl StockEngine for RedisEngine {
     }
 
     async fn expire_due(&self, now_ms: i64, max: usize) -> Result<Vec<Hold>, StockError> {
+        if let Err(e) = self.rotate_index(now_ms).await {
+            // Housekeeping: the next sweep tries again.
+            warn!(error = %e, "could not rotate the hold index");
+        }
         let v = self
             .query(redis::cmd("SMEMBERS").arg(self.sales_set()))
             .await?;
@@ -872,7 +1061,7 @@ impl StockEngine for RedisEngine {
             .hold_script(
                 &self.scripts.allocations,
                 sale_id,
-                &[&k.meta, &k.alloc, &k.holds],
+                &[&k.meta, &k.alloc, &k.restored, &k.holds],
                 &[after_position.to_string(), limit.to_string()],
             )
             .await?;
@@ -911,7 +1100,8 @@ impl StockEngine for RedisEngine {
             .key(&k.usage)
             .key(&k.holds)
             .key(&k.expiry)
-            .key(&k.alloc);
+            .key(&k.alloc)
+            .key(&k.restored);
         inv.arg(spec.stock)
             .arg(spec.per_user_limit)
             .arg(spec.hold_ttl_ms())
@@ -933,17 +1123,9 @@ impl StockEngine for RedisEngine {
         let mut conn = self.conn.clone();
         self.run(inv.invoke_async::<Value>(&mut conn)).await?;
         // Make every restored hold findable by id again.
-        let ttl = self.cfg.hold_index_ttl.as_secs().max(1);
-        for chunk in record.holds.chunks(512) {
-            let mut pipe = redis::pipe();
-            for h in chunk {
-                pipe.cmd("SET")
-                    .arg(self.hold_index_key(&h.hold_id))
-                    .arg(sale_id)
-                    .arg("EX")
-                    .arg(ttl)
-                    .ignore();
-            }
+        for chunk in record.holds.chunks(4096) {
+            let mut pipe = redis::Pipeline::with_capacity(INDEX_BUCKETS);
+            self.index_holds(&mut pipe, sale_id, chunk.iter().map(|h| h.hold_id.as_str()));
             self.pipeline(&pipe).await?;
         }
         Ok(counts)

@@ -41,6 +41,7 @@ on_both!(
     concurrent_reservations_share_batches_in_arrival_order,
     sold_out_is_answered_locally_until_stock_returns,
     sold_out_flag_lapses_and_never_masks_the_end,
+    replays_while_sold_out_get_their_first_outcome,
 );
 
 /// Holds the first `reserve_batch` call until released, so requests pile up behind it.
@@ -289,4 +290,45 @@ async fn sold_out_flag_lapses_and_never_masks_the_end(inner: Arc<dyn StockEngine
         c.reserve(req(&s, "c", 1, "k2")).await.unwrap(),
         ReserveOutcome::Rejected(Reject::SaleEnded)
     );
+}
+
+async fn replays_while_sold_out_get_their_first_outcome(inner: Arc<dyn StockEngine>) {
+    let counting = Counting::new(inner);
+    let c = Coalescer::new(
+        counting.clone(),
+        CoalescerConfig {
+            sold_out_recheck: Duration::from_secs(60),
+            ..CoalescerConfig::default()
+        },
+    );
+    let s = new_sale(&c, 2, 1).await;
+    let a = hold(&c, req(&s, "a", 1, "k")).await;
+    let over = c.reserve(req(&s, "a", 1, "k2")).await.unwrap();
+    assert_eq!(over, ReserveOutcome::Rejected(Reject::LimitExceeded));
+    hold(&c, req(&s, "b", 1, "k")).await;
+    assert_eq!(
+        c.reserve(req(&s, "x", 1, "k")).await.unwrap(),
+        ReserveOutcome::Rejected(Reject::SoldOut)
+    );
+    assert!(c.is_sold_out_locally(&s.sale_id));
+    let calls = counting.engine_calls();
+    // Keys this node answered go to the engine, which replays their first outcome...
+    assert_eq!(hold(&c, req_at(&s, "a", 1, "k", T0 + 9)).await, a);
+    assert_eq!(
+        c.reserve(req(&s, "a", 1, "k2")).await.unwrap(),
+        over,
+        "a recorded rejection replays"
+    );
+    assert_eq!(
+        c.reserve(req(&s, "a", 2, "k")).await.unwrap(),
+        ReserveOutcome::Rejected(Reject::IdempotencyKeyReused)
+    );
+    assert_eq!(counting.engine_calls(), calls + 3);
+    // ...while new keys are still refused on the spot.
+    assert_eq!(
+        c.reserve(req(&s, "y", 1, "k")).await.unwrap(),
+        ReserveOutcome::Rejected(Reject::SoldOut)
+    );
+    assert_eq!(counting.engine_calls(), calls + 3);
+    assert_eq!(c.stats().local_sold_out, 1);
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use harvest_stock::{
-    HoldStatus, Reject, ReserveOutcome, SaleRecord, SaleSpec, SaleStatus, StockError,
+    Hold, HoldStatus, Reject, ReserveOutcome, SaleRecord, SaleSpec, SaleStatus, StockError,
 };
 use rand::Rng;
 
@@ -72,6 +72,7 @@ conformance!(
     proposed_hold_id_must_be_fresh,
     no_oversell_under_concurrent_storm,
     restore_rebuilds_exact_counts,
+    allocations_page_across_a_sparse_restore,
 );
 
 async fn create_sale_is_idempotent_and_rejects_conflicts(h: Harness) {
@@ -796,4 +797,54 @@ async fn restore_rebuilds_exact_counts(h: Harness) {
         .unwrap();
     assert_eq!((c.remaining, c.sold), (17, 3));
     assert!(e.sale(&fresh.sale_id).await.unwrap().ended);
+}
+
+async fn allocations_page_across_a_sparse_restore(h: Harness) {
+    let e = &*h.engine;
+    let s = spec(20, 5);
+    let made = |user: &str, position: u64, status: HoldStatus| Hold {
+        hold_id: unique("hold"),
+        sale_id: s.sale_id.clone(),
+        user_id: user.to_owned(),
+        quantity: 1,
+        position,
+        created_at_ms: T0 + 1,
+        expires_at_ms: T0 + 60_001,
+        status,
+    };
+    // Positions with gaps, as a record may hold them; listed out of order.
+    let holds = vec![
+        made("b", 7, HoldStatus::Held),
+        made("a", 2, HoldStatus::Paid),
+        made("c", 8, HoldStatus::Released),
+    ];
+    e.restore_sale(SaleRecord {
+        spec: s.clone(),
+        ended: false,
+        holds: holds.clone(),
+        sold_by_user: HashMap::from([("a".to_owned(), 1)]),
+    })
+    .await
+    .unwrap();
+    let d = hold(e, req(&s, "d", 1, "k")).await;
+    let f = hold(e, req(&s, "f", 1, "k")).await;
+    assert_eq!((d.position, f.position), (9, 10));
+    let sale_id = s.sale_id.as_str();
+    let page = |after: u64, limit: usize| async move {
+        e.allocations(sale_id, after, limit)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.position)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(page(0, 2).await, vec![2, 7]);
+    assert_eq!(page(7, 2).await, vec![8, 9]);
+    assert_eq!(page(3, 3).await, vec![7, 8, 9]);
+    assert_eq!(page(8, 5).await, vec![9, 10]);
+    assert_eq!(page(10, 5).await, Vec::<u64>::new());
+    assert_eq!(page(0, 100).await, vec![2, 7, 8, 9, 10]);
+    let all = all_holds(e, &s.sale_id).await;
+    assert_eq!(all[0], holds[1]);
+    assert_eq!(all[3], d);
 }

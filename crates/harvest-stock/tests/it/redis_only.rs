@@ -364,3 +364,37 @@ async fn redis_restarted_empty_is_detected_and_restored() {
     assert!(c.sold <= s.stock);
     assert_eq!((c.remaining, c.held, c.sold), (7, 0, 3));
 }
+
+/// The hold index is rotated by the sweeper: an id stays findable for at least the
+/// index TTL, and goes once two rotations have passed over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_index_rotates_with_the_sweeper() {
+    let ttl = Duration::from_secs(10);
+    let Some(e) = redis_engine_with(|c| c.hold_index_ttl = ttl) else {
+        return;
+    };
+    let ttl_ms = 10_000;
+    let mut s = spec(10, 5);
+    s.ends_at_ms = T0 + 10 * ttl_ms;
+    e.create_sale(&s).await.unwrap();
+    let a = hold(&*e, req_at(&s, "a", 1, "k", T0)).await;
+    // The first sweep starts the clock; within a TTL nothing rotates.
+    e.expire_due(T0, 10).await.unwrap();
+    e.expire_due(T0 + ttl_ms - 1, 10).await.unwrap();
+    assert_eq!(e.hold(&a.hold_id).await.unwrap(), a);
+    // One rotation: `a` is in the previous generation, still found. (An engine asks
+    // the buckets at most every eighth of the TTL.)
+    let first = T0 + ttl_ms + ttl_ms / 4;
+    e.expire_due(first, 10).await.unwrap();
+    assert_eq!(e.hold(&a.hold_id).await.unwrap(), a);
+    let b = hold(&*e, req_at(&s, "b", 1, "k", first + 1)).await;
+    // A second one drops it; the newer hold moves back a generation and stays.
+    e.expire_due(first + ttl_ms, 10).await.unwrap();
+    assert!(matches!(
+        e.hold(&a.hold_id).await,
+        Err(StockError::HoldNotFound(_))
+    ));
+    assert_eq!(e.hold(&b.hold_id).await.unwrap().hold_id, b.hold_id);
+    // The hold itself is still in its sale: the allocation log lists both.
+    assert_eq!(all_holds(&*e, &s.sale_id).await.len(), 2);
+}
