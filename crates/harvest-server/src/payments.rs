@@ -172,9 +172,11 @@ impl Payments {
             .pay_locked(row, hold, buyer_name, provider, provider_ref)
             .await;
         drop(_one);
+        drop(lock);
+        // Forget the lock unless another confirmation of the hold holds a handle to it.
         self.inner
             .locks
-            .remove_if(&hold.hold_id, |_, l| Arc::strong_count(l) <= 1);
+            .remove_if(&hold.hold_id, |_, l| Arc::strong_count(l) == 1);
         let status = match &result {
             Ok(_) => "paid",
             Err(PayError::Late(_)) => "late",
