@@ -8,7 +8,9 @@
 //!   hold and its final status is written behind the engine by the recorder task, in
 //!   batches. When the engine does not know a sale (the process restarted with the
 //!   memory engine, or Redis lost its keys), the sale is rebuilt from that record
-//!   (`stock − paid − unexpired holds`) before it serves again.
+//!   (`stock − paid − unexpired holds`) before it serves again: on the next call for
+//!   the sale or one of its holds, and, for a quiet sale, by the sweeper, which looks
+//!   for lost sales every second.
 //! - **The clock.** The driver task moves each open sale through its lifecycle and tells
 //!   its room: `sale.started` at `starts_at`, conflated `sale.stock` (at least 200 ms
 //!   apart, always the latest numbers), `sale.sold_out` after the final numbers, and
@@ -50,6 +52,11 @@ pub const STOCK_EVENT_INTERVAL: Duration = Duration::from_millis(200);
 const DRIVER_TICK: Duration = Duration::from_millis(50);
 /// Holds expired per engine call.
 const SWEEP_BATCH: usize = 64;
+/// How often the sweeper makes sure the engine still has the sales it may need.
+const STATE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long after a sale closes its holds are still looked after (they expire at most
+/// `hold_ttl_s` after it closed; this covers the sweeper's lag).
+const HOLD_GRACE_MS: i64 = 60_000;
 
 /// The flash-sale service of one node. Cheap to clone.
 #[derive(Clone)]
@@ -240,11 +247,12 @@ impl FlashSales {
     }
 
     /// Rebuilds a sale's engine state from the SQL record, unless the engine has it.
-    async fn restore(&self, entry: &SaleEntry) -> Result<(), StockError> {
+    /// True when it was rebuilt.
+    async fn restore(&self, entry: &SaleEntry) -> Result<bool, StockError> {
         let _one = entry.restoring.lock().await;
         let id = entry.id();
         match self.inner.engine.sale(&id).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(false),
             Err(e) if is_lost(&e) => {}
             Err(e) => return Err(e),
         }
@@ -257,7 +265,7 @@ impl FlashSales {
         self.inner.engine.stock_returned(&id);
         entry.dirty.store(true, Ordering::Release);
         tracing::info!(sale_id = %id, remaining = counts.remaining, held = counts.held, sold = counts.sold, "rebuilt the sale's stock state from SQL");
-        Ok(())
+        Ok(true)
     }
 
     /// Runs an engine call; when the engine lost the sale, rebuilds it from SQL and
@@ -271,6 +279,16 @@ impl FlashSales {
             Err(e) if is_lost(&e) => {
                 self.restore(entry).await?;
                 call().await
+            }
+            // A Redis that restarted empty lost the hold-to-sale index with the sale, so
+            // a hold of the sale is "not found" rather than its sale "lost": rebuild the
+            // sale if that is what happened, and ask again.
+            Err(StockError::HoldNotFound(hold)) => {
+                if self.restore(entry).await? {
+                    call().await
+                } else {
+                    Err(StockError::HoldNotFound(hold))
+                }
             }
             other => other,
         }
@@ -772,11 +790,51 @@ impl FlashSales {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(flash.inner.sweep_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut checked = Instant::now();
             while !flash.inner.stopped.load(Ordering::Acquire) {
                 tick.tick().await;
+                if checked.elapsed() >= STATE_CHECK_INTERVAL {
+                    checked = Instant::now();
+                    flash.rebuild_lost().await;
+                }
                 flash.sweep().await;
             }
         });
+    }
+
+    /// Rebuilds from SQL every sale the engine lost (Redis restarted empty) among
+    /// those that may still sell or have holds to expire. Without it a quiet sale would
+    /// stay lost until its next request, and its holds would never expire: the expiry
+    /// index went with the rest of its state.
+    async fn rebuild_lost(&self) {
+        let now = now_ms();
+        let watched: Vec<Arc<SaleEntry>> = self
+            .inner
+            .sales
+            .iter()
+            .filter(|e| {
+                let row = e.row.read();
+                row.phase != SalePhase::Ended
+                    || now
+                        < row
+                            .closes_at()
+                            .saturating_add(row.hold_ttl_s.saturating_mul(1000))
+                            .saturating_add(HOLD_GRACE_MS)
+            })
+            .map(|e| e.value().clone())
+            .collect();
+        for entry in watched {
+            match self.inner.engine.sale(&entry.id()).await {
+                Err(e) if is_lost(&e) => {
+                    if let Err(e) = self.restore(&entry).await {
+                        tracing::warn!(sale_id = %entry.id(), error = %e, "cannot rebuild the lost sale yet");
+                    }
+                }
+                // Down: look again next time rather than wait on every sale.
+                Err(_) => return,
+                Ok(_) => {}
+            }
+        }
     }
 
     /// Expires every due hold, in small batches.
