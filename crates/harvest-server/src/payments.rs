@@ -134,6 +134,18 @@ impl Payments {
                 locks: DashMap::new(),
             }),
         };
+        // Orders journaled before a restart answer their repeats until they are in SQL.
+        match payments.inner.journal.peek(1_000_000).await {
+            Ok(entries) => {
+                for (_, p) in entries {
+                    payments
+                        .inner
+                        .journaled
+                        .insert(p.order.hold_id.clone(), p.order);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the order journal yet"),
+        }
         payments.spawn_replayer();
         Ok(payments)
     }
@@ -248,13 +260,14 @@ impl Payments {
             Err(e) if e.is_unavailable() => {
                 tracing::warn!(error = %e, hold_id = %paid.hold_id, "SQL unavailable: journaling the order");
                 match self.inner.journal.append(&record).await {
-                    Ok(()) => {
+                    Ok(standing) => {
+                        // Another node may have journaled this hold's order first.
                         self.inner
                             .journaled
-                            .insert(paid.hold_id.clone(), order.clone());
+                            .insert(paid.hold_id.clone(), standing.order.clone());
                         metrics::gauge!("harvest_journal_depth")
                             .set(self.journal_depth().await as f64);
-                        order.clone()
+                        standing.order
                     }
                     Err(je) => {
                         return Err(PayError::Unavailable(format!("SQL: {e}; journal: {je}")));
@@ -331,8 +344,7 @@ impl Payments {
             }
             let orders: Vec<PaidOrder> = batch.iter().map(|(_, p)| p.clone()).collect();
             self.inner.store.record_orders(&orders).await?;
-            let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
-            self.inner.journal.remove(&ids).await?;
+            self.inner.journal.remove(&batch).await?;
             for p in &orders {
                 self.inner.journaled.remove(&p.order.hold_id);
             }
@@ -405,7 +417,10 @@ enum Journal {
     Redis {
         client: redis::Client,
         conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+        /// The stream of confirmations.
         key: String,
+        /// Hold id → its journaled confirmation (the first one wins).
+        holds: String,
         timeout: Duration,
     },
 }
@@ -425,7 +440,9 @@ impl Journal {
         Ok(Self::Redis {
             client: redis::Client::open(url)?,
             conn: tokio::sync::OnceCell::new(),
-            key: "hv:journal:orders".into(),
+            // One hash tag: both keys live in one Redis Cluster slot.
+            key: "hv:{journal}:orders".into(),
+            holds: "hv:{journal}:holds".into(),
             timeout,
         })
     }
@@ -456,7 +473,9 @@ impl Journal {
         Ok(conn.clone())
     }
 
-    async fn append(&self, paid: &PaidOrder) -> anyhow::Result<()> {
+    /// Journals a confirmation unless the hold's order is journaled already; returns
+    /// the confirmation that stands for the hold.
+    async fn append(&self, paid: &PaidOrder) -> anyhow::Result<PaidOrder> {
         let line = serde_json::to_string(paid)?;
         match self {
             Self::File { path, lock } => {
@@ -468,26 +487,28 @@ impl Journal {
                     .await?;
                 f.write_all(format!("{line}\n").as_bytes()).await?;
                 f.sync_data().await?;
-                Ok(())
+                // One node writes this file, and it confirms a hold once at a time.
+                Ok(paid.clone())
             }
             Self::Redis {
                 client,
                 conn,
                 key,
+                holds,
                 timeout,
             } => {
                 let mut conn = Self::redis_conn(client, conn, *timeout).await?;
-                tokio::time::timeout(
-                    *timeout,
-                    redis::cmd("XADD")
-                        .arg(key)
-                        .arg("*")
-                        .arg("order")
-                        .arg(line)
-                        .query_async::<String>(&mut conn),
-                )
-                .await??;
-                Ok(())
+                // The first confirmation of a hold wins across nodes.
+                let script = redis::Script::new(
+                    "if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then \
+                       redis.call('XADD', KEYS[1], '*', 'order', ARGV[2]) return ARGV[2] end \
+                     return redis.call('HGET', KEYS[2], ARGV[1])",
+                );
+                let mut invocation = script.key(key);
+                invocation.key(holds).arg(&paid.order.hold_id).arg(line);
+                let standing: String =
+                    tokio::time::timeout(*timeout, invocation.invoke_async(&mut conn)).await??;
+                Ok(serde_json::from_str(&standing)?)
             }
         }
     }
@@ -519,6 +540,7 @@ impl Journal {
                 conn,
                 key,
                 timeout,
+                ..
             } => {
                 let mut conn = Self::redis_conn(client, conn, *timeout).await?;
                 let entries = tokio::time::timeout(
@@ -544,7 +566,8 @@ impl Journal {
     }
 
     /// Drops entries `peek` returned (they are in SQL now).
-    async fn remove(&self, ids: &[String]) -> anyhow::Result<()> {
+    async fn remove(&self, entries: &[(String, PaidOrder)]) -> anyhow::Result<()> {
+        let ids: Vec<&String> = entries.iter().map(|(id, _)| id).collect();
         match self {
             Self::File { path, lock } => {
                 let _one = lock.lock().await;
@@ -554,7 +577,10 @@ impl Journal {
                 let keep: String = text
                     .lines()
                     .enumerate()
-                    .filter(|(i, _)| !drop.contains(i))
+                    // Torn lines (a crash mid-append) were never acknowledged: drop them too.
+                    .filter(|(i, l)| {
+                        !drop.contains(i) && serde_json::from_str::<PaidOrder>(l).is_ok()
+                    })
                     .map(|(_, l)| format!("{l}\n"))
                     .collect();
                 let tmp = path.with_extension("jsonl.tmp");
@@ -568,12 +594,23 @@ impl Journal {
                 client,
                 conn,
                 key,
+                holds,
                 timeout,
             } => {
                 if ids.is_empty() {
                     return Ok(());
                 }
                 let mut conn = Self::redis_conn(client, conn, *timeout).await?;
+                let hold_ids: Vec<&String> =
+                    entries.iter().map(|(_, p)| &p.order.hold_id).collect();
+                tokio::time::timeout(
+                    *timeout,
+                    redis::cmd("HDEL")
+                        .arg(holds)
+                        .arg(&hold_ids)
+                        .query_async::<i64>(&mut conn),
+                )
+                .await??;
                 tokio::time::timeout(
                     *timeout,
                     redis::cmd("XDEL")
@@ -602,6 +639,7 @@ impl Journal {
                 conn,
                 key,
                 timeout,
+                ..
             } => {
                 let mut conn = Self::redis_conn(client, conn, *timeout).await?;
                 Ok(tokio::time::timeout(

@@ -480,8 +480,11 @@ pub fn csv_row(o: &Order) -> String {
     params(("id" = String, Path, description = "room id"), ExportQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "every order of the room, oldest first (`text/csv` with `format=csv`)", body = OrderList,
-            content_type = "application/json"),
+        (status = 200, description = "every order of the room, oldest first: JSON, or CSV with `format=csv`",
+            content(
+                (OrderList = "application/json"),
+                (String = "text/csv"),
+            )),
         (status = 400, description = "invalid parameter", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "neither the owner, an organizer nor an admin", body = ErrorBody),
