@@ -261,7 +261,10 @@ impl FlashSales {
         let record = sale_record(&self.inner.store, &entry.row())
             .await
             .map_err(|e| StockError::Unavailable(format!("reading the sale record: {e}")))?;
-        let counts = self.inner.engine.restore_sale(record).await?;
+        // Another node may have rebuilt it meanwhile: then its state stands.
+        let Some(counts) = self.inner.engine.restore_sale_if_missing(record).await? else {
+            return Ok(false);
+        };
         self.inner.engine.stock_returned(&id);
         entry.dirty.store(true, Ordering::Release);
         tracing::info!(sale_id = %id, remaining = counts.remaining, held = counts.held, sold = counts.sold, "rebuilt the sale's stock state from SQL");

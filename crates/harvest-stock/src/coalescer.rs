@@ -444,6 +444,21 @@ impl StockEngine for Coalescer {
             .await
     }
 
+    async fn restore_sale_if_missing(
+        &self,
+        record: SaleRecord,
+    ) -> Result<Option<SaleCounts>, StockError> {
+        let sale_id = record.spec.sale_id.clone();
+        let ends = record.spec.ends_at_ms;
+        let r = self.shared.inner.restore_sale_if_missing(record).await;
+        if matches!(r, Ok(Some(_))) {
+            let lane = self.shared.lane(&sale_id);
+            lane.ends_at_ms.store(ends, Ordering::Release);
+            lane.clear_sold_out();
+        }
+        r
+    }
+
     async fn restore_sale(&self, record: SaleRecord) -> Result<SaleCounts, StockError> {
         let sale_id = record.spec.sale_id.clone();
         let ends = record.spec.ends_at_ms;

@@ -76,6 +76,23 @@ pub trait StockEngine: Send + Sync {
     /// position follows the highest recorded one. Idempotency records are not rebuilt.
     async fn restore_sale(&self, record: SaleRecord) -> Result<SaleCounts, StockError>;
 
+    /// Like [`StockEngine::restore_sale`], but only when the engine does not have the
+    /// sale: `None` when it did (nothing changed). Engines shared by several nodes check
+    /// and rebuild atomically, so two nodes rebuilding one lost sale cannot overwrite
+    /// holds the first one already handed out.
+    async fn restore_sale_if_missing(
+        &self,
+        record: SaleRecord,
+    ) -> Result<Option<SaleCounts>, StockError> {
+        match self.sale(&record.spec.sale_id).await {
+            Ok(_) => Ok(None),
+            Err(StockError::SaleStateLost { .. } | StockError::SaleNotFound(_)) => {
+                self.restore_sale(record).await.map(Some)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Checks the backend answers (for readiness probes).
     async fn ping(&self) -> Result<(), StockError>;
 }

@@ -176,6 +176,73 @@ pub struct RedisEngine {
 }
 
 impl RedisEngine {
+    /// Rebuilds a sale from its record; with `only_if_missing`, atomically refuses
+    /// (`None`) when the sale's marker exists.
+    async fn restore(
+        &self,
+        record: SaleRecord,
+        only_if_missing: bool,
+    ) -> Result<Option<SaleCounts>, StockError> {
+        let counts = record.validate()?;
+        let spec = &record.spec;
+        let sale_id = spec.sale_id.as_str();
+        self.query(redis::cmd("SADD").arg(self.sales_set()).arg(sale_id))
+            .await?;
+        let mut usage: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        for (user, units) in &record.sold_by_user {
+            if *units > 0 {
+                *usage.entry(user.as_str()).or_default() += units;
+            }
+        }
+        let mut last_position = 0;
+        for h in &record.holds {
+            last_position = last_position.max(h.position);
+            if h.status == HoldStatus::Held {
+                *usage.entry(h.user_id.as_str()).or_default() += u64::from(h.quantity);
+            }
+        }
+        let k = self.keys(sale_id);
+        let mut inv = self.scripts.restore.prepare_invoke();
+        inv.key(&k.meta)
+            .key(&k.usage)
+            .key(&k.holds)
+            .key(&k.expiry)
+            .key(&k.alloc)
+            .key(&k.restored);
+        inv.arg(spec.stock)
+            .arg(spec.per_user_limit)
+            .arg(spec.hold_ttl_ms())
+            .arg(spec.starts_at_ms)
+            .arg(spec.ends_at_ms)
+            .arg(u8::from(record.ended))
+            .arg(counts.remaining)
+            .arg(counts.held)
+            .arg(counts.sold)
+            .arg(last_position)
+            .arg(record.holds.len());
+        for h in &record.holds {
+            inv.arg(&h.hold_id).arg(pack_hold(h));
+        }
+        inv.arg(usage.len());
+        for (user, units) in &usage {
+            inv.arg(*user).arg(*units);
+        }
+        inv.arg(u8::from(only_if_missing));
+        let mut conn = self.conn.clone();
+        let answer = self.run(inv.invoke_async::<Value>(&mut conn)).await?;
+        if matches!(&answer, Value::Array(items) if items.first().and_then(text).as_deref() == Some("exists"))
+        {
+            return Ok(None);
+        }
+        // Make every restored hold findable by id again.
+        for chunk in record.holds.chunks(4096) {
+            let mut pipe = redis::Pipeline::with_capacity(INDEX_BUCKETS);
+            self.index_holds(&mut pipe, sale_id, chunk.iter().map(|h| h.hold_id.as_str()));
+            self.pipeline(&pipe).await?;
+        }
+        Ok(Some(counts))
+    }
+
     /// Builds the engine. The connection is made on first use (and remade after
     /// failures), so this succeeds while Redis is down; [`StockEngine::ping`] checks it.
     /// Must be called within a Tokio runtime (the connection manager runs a task).
@@ -1076,59 +1143,16 @@ impl StockEngine for RedisEngine {
     }
 
     async fn restore_sale(&self, record: SaleRecord) -> Result<SaleCounts, StockError> {
-        let counts = record.validate()?;
-        let spec = &record.spec;
-        let sale_id = spec.sale_id.as_str();
-        self.query(redis::cmd("SADD").arg(self.sales_set()).arg(sale_id))
-            .await?;
-        let mut usage: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
-        for (user, units) in &record.sold_by_user {
-            if *units > 0 {
-                *usage.entry(user.as_str()).or_default() += units;
-            }
-        }
-        let mut last_position = 0;
-        for h in &record.holds {
-            last_position = last_position.max(h.position);
-            if h.status == HoldStatus::Held {
-                *usage.entry(h.user_id.as_str()).or_default() += u64::from(h.quantity);
-            }
-        }
-        let k = self.keys(sale_id);
-        let mut inv = self.scripts.restore.prepare_invoke();
-        inv.key(&k.meta)
-            .key(&k.usage)
-            .key(&k.holds)
-            .key(&k.expiry)
-            .key(&k.alloc)
-            .key(&k.restored);
-        inv.arg(spec.stock)
-            .arg(spec.per_user_limit)
-            .arg(spec.hold_ttl_ms())
-            .arg(spec.starts_at_ms)
-            .arg(spec.ends_at_ms)
-            .arg(u8::from(record.ended))
-            .arg(counts.remaining)
-            .arg(counts.held)
-            .arg(counts.sold)
-            .arg(last_position)
-            .arg(record.holds.len());
-        for h in &record.holds {
-            inv.arg(&h.hold_id).arg(pack_hold(h));
-        }
-        inv.arg(usage.len());
-        for (user, units) in &usage {
-            inv.arg(*user).arg(*units);
-        }
-        let mut conn = self.conn.clone();
-        self.run(inv.invoke_async::<Value>(&mut conn)).await?;
-        // Make every restored hold findable by id again.
-        for chunk in record.holds.chunks(4096) {
-            let mut pipe = redis::Pipeline::with_capacity(INDEX_BUCKETS);
-            self.index_holds(&mut pipe, sale_id, chunk.iter().map(|h| h.hold_id.as_str()));
-            self.pipeline(&pipe).await?;
-        }
-        Ok(counts)
+        self.restore(record, false)
+            .await?
+            .ok_or_else(|| StockError::Backend("restore refused without a condition".into()))
+    }
+
+    async fn restore_sale_if_missing(
+        &self,
+        record: SaleRecord,
+    ) -> Result<Option<SaleCounts>, StockError> {
+        self.restore(record, true).await
     }
 
     async fn ping(&self) -> Result<(), StockError> {

@@ -73,6 +73,7 @@ conformance!(
     no_oversell_under_concurrent_storm,
     restore_rebuilds_exact_counts,
     allocations_page_across_a_sparse_restore,
+    conditional_restore_leaves_a_present_sale_alone,
 );
 
 async fn create_sale_is_idempotent_and_rejects_conflicts(h: Harness) {
@@ -847,4 +848,35 @@ async fn allocations_page_across_a_sparse_restore(h: Harness) {
     let all = all_holds(e, &s.sale_id).await;
     assert_eq!(all[0], holds[1]);
     assert_eq!(all[3], d);
+}
+
+async fn conditional_restore_leaves_a_present_sale_alone(h: Harness) {
+    let e = &*h.engine;
+    let s = new_sale(e, 10, 5).await;
+    let a = hold(e, req(&s, "a", 2, "k1")).await;
+    let stale = SaleRecord {
+        spec: s.clone(),
+        ended: false,
+        holds: Vec::new(),
+        sold_by_user: HashMap::new(),
+    };
+    // The sale is there: a rebuild from an older record changes nothing.
+    assert_eq!(
+        e.restore_sale_if_missing(stale.clone()).await.unwrap(),
+        None
+    );
+    let now = counts(e, &s).await;
+    assert_eq!((now.remaining, now.held, now.sold), (8, 2, 0));
+    assert_eq!(e.hold(&a.hold_id).await.unwrap().status, HoldStatus::Held);
+
+    // Once lost, the first conditional rebuild wins and later ones change nothing.
+    let record = SaleRecord {
+        holds: vec![a.clone()],
+        ..stale.clone()
+    };
+    h.lose_sale(&s.sale_id).await;
+    let rebuilt = e.restore_sale_if_missing(record).await.unwrap().unwrap();
+    assert_eq!((rebuilt.remaining, rebuilt.held, rebuilt.sold), (8, 2, 0));
+    assert_eq!(e.restore_sale_if_missing(stale).await.unwrap(), None);
+    assert_eq!(counts(e, &s).await, rebuilt);
 }

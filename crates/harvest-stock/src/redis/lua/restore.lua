@@ -4,7 +4,11 @@
 -- gaps); positions after the last of them are handed out densely by reservations.
 -- ARGV: 1 stock, 2 limit, 3 ttl, 4 starts, 5 ends, 6 ended, 7 remaining, 8 held,
 --       9 sold, 10 last position, 11 number of holds, then per hold: id, packed;
---       then the number of buyers, then per buyer: user, units held plus bought.
+--       then the number of buyers, then per buyer: user, units held plus bought;
+--       last, 1 to leave an existing sale alone (answers {'exists'}), else 0.
+if ARGV[#ARGV] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'exists'}
+end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 local i = 12
 for _ = 1, tonumber(ARGV[11]) do
