@@ -85,6 +85,9 @@ struct SaleEntry {
     gate: tokio::sync::Mutex<Announced>,
     /// Serialises rebuilding the sale's engine state.
     restoring: tokio::sync::Mutex<()>,
+    /// The engine's state was rebuilt from SQL, which does not rebuild its idempotency
+    /// records: reservations first look for their key among the stored holds.
+    rebuilt: AtomicBool,
 }
 
 #[derive(Default)]
@@ -101,6 +104,7 @@ impl SaleEntry {
             dirty: AtomicBool::new(false),
             gate: tokio::sync::Mutex::new(Announced::default()),
             restoring: tokio::sync::Mutex::new(()),
+            rebuilt: AtomicBool::new(false),
         })
     }
 
@@ -266,6 +270,7 @@ impl FlashSales {
             return Ok(false);
         };
         self.inner.engine.stock_returned(&id);
+        entry.rebuilt.store(true, Ordering::Release);
         entry.dirty.store(true, Ordering::Release);
         tracing::info!(sale_id = %id, remaining = counts.remaining, held = counts.held, sold = counts.sold, "rebuilt the sale's stock state from SQL");
         Ok(true)
@@ -416,6 +421,11 @@ impl FlashSales {
         }
         let entry = self.entry(r.sale_id).await?;
         let row = entry.row();
+        if entry.rebuilt.load(Ordering::Acquire)
+            && let Some(answer) = self.replay_from_sql(&row, r).await?
+        {
+            return answer;
+        }
         let hold_id = harvest_store::new_id();
         let now = now_ms();
         let request = ReserveRequest {
@@ -445,7 +455,7 @@ impl FlashSales {
             ReserveOutcome::Held(hold) => {
                 // Recorded on replays too: the first answer may have been lost with its
                 // write (a timeout whose script ran); a final status is never overwritten.
-                self.record(&row, &hold, None, Some(r.user_name));
+                self.record(&row, &hold, None, Some(r));
                 if hold.hold_id == hold_id {
                     entry.dirty.store(true, Ordering::Release);
                 }
@@ -458,6 +468,38 @@ impl FlashSales {
                 Err(reject_error(reject))
             }
         }
+    }
+
+    /// The first answer to a key whose hold was made before the engine's state was
+    /// rebuilt (the rebuild does not bring back idempotency records).
+    async fn replay_from_sql(
+        &self,
+        row: &SaleRow,
+        r: &Reservation<'_>,
+    ) -> Result<Option<Result<harvest_proto::Hold, ApiError>>, ApiError> {
+        let Some(stored) = self
+            .inner
+            .store
+            .hold_by_key(&row.id, r.user_id, r.idempotency_key)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if stored.request_fingerprint.as_deref() != Some(r.fingerprint.as_str()) {
+            return Ok(Some(Err(reject_error(Reject::IdempotencyKeyReused))));
+        }
+        let first = Hold {
+            hold_id: stored.id,
+            sale_id: stored.sale_id,
+            user_id: stored.user_id,
+            quantity: u32::try_from(stored.quantity).unwrap_or(u32::MAX),
+            position: u64::try_from(stored.position).unwrap_or(0),
+            created_at_ms: stored.created_at,
+            expires_at_ms: stored.expires_at,
+            // A replay answers the hold as it was first answered.
+            status: HoldStatus::Held,
+        };
+        Ok(Some(Ok(hold_view(row, &first, None))))
     }
 
     /// A hold as its buyer (or an admin) sees it; 404 for anyone else.
@@ -602,8 +644,14 @@ impl FlashSales {
     }
 
     /// Sends a hold's current state to the recorder.
-    fn record(&self, row: &SaleRow, hold: &Hold, ended_at: Option<i64>, user_name: Option<&str>) {
-        let msg = RecordMsg::Hold(hold_row(row, hold, ended_at, user_name));
+    fn record(
+        &self,
+        row: &SaleRow,
+        hold: &Hold,
+        ended_at: Option<i64>,
+        made_by: Option<&Reservation<'_>>,
+    ) {
+        let msg = RecordMsg::Hold(hold_row(row, hold, ended_at, made_by));
         if self.inner.recorder.send(msg).is_err() {
             tracing::warn!(hold_id = %hold.hold_id, "hold recorder stopped; hold not written to SQL");
         }
@@ -884,7 +932,7 @@ pub fn hold_row(
     row: &SaleRow,
     hold: &Hold,
     ended_at: Option<i64>,
-    user_name: Option<&str>,
+    made_by: Option<&Reservation<'_>>,
 ) -> HoldRow {
     let quantity = i64::from(hold.quantity);
     HoldRow {
@@ -901,7 +949,9 @@ pub fn hold_row(
         expires_at: hold.expires_at_ms,
         ended_at,
         order_id: None,
-        user_name: user_name.map(str::to_owned),
+        user_name: made_by.map(|r| r.user_name.to_owned()),
+        idempotency_key: made_by.map(|r| r.idempotency_key.to_owned()),
+        request_fingerprint: made_by.map(|r| r.fingerprint.clone()),
     }
 }
 

@@ -104,13 +104,17 @@ pub struct HoldRow {
     pub order_id: Option<String>,
     /// The buyer's display name when the hold was made.
     pub user_name: Option<String>,
+    /// The reservation's `Idempotency-Key` and request digest.
+    pub idempotency_key: Option<String>,
+    pub request_fingerprint: Option<String>,
 }
 
 const SALE_COLUMNS: &str = "id, room_id, product_id, price, currency, stock, per_user_limit, \
      starts_at, ends_at, hold_ttl_s, phase, ended_early_at, created_at";
 
 const HOLD_COLUMNS: &str = "id, sale_id, user_id, quantity, unit_price, amount, currency, \
-     position, status, created_at, expires_at, ended_at, order_id, user_name";
+     position, status, created_at, expires_at, ended_at, order_id, user_name, \
+     idempotency_key, request_fingerprint";
 
 fn sale_from_row(row: &AnyRow) -> Result<SaleRow, sqlx::Error> {
     let phase: String = row.try_get("phase")?;
@@ -150,6 +154,8 @@ fn hold_from_row(row: &AnyRow) -> Result<HoldRow, sqlx::Error> {
         ended_at: row.try_get("ended_at")?,
         order_id: row.try_get("order_id")?,
         user_name: row.try_get("user_name")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        request_fingerprint: row.try_get("request_fingerprint")?,
     })
 }
 
@@ -315,6 +321,29 @@ impl Store {
         Ok(hold_from_row(&row)?)
     }
 
+    /// The hold a buyer's reservation with this `Idempotency-Key` made, if any.
+    pub async fn hold_by_key(
+        &self,
+        sale_id: &str,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<HoldRow>, StoreError> {
+        let sql = format!(
+            "SELECT {HOLD_COLUMNS} FROM holds WHERE sale_id = $1 AND user_id = $2 \
+             AND idempotency_key = $3"
+        );
+        let row = self
+            .timed(
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(sale_id)
+                    .bind(user_id)
+                    .bind(key)
+                    .fetch_optional(&self.pool),
+            )
+            .await?;
+        Ok(row.as_ref().map(hold_from_row).transpose()?)
+    }
+
     /// Every hold of a sale, in position order.
     pub async fn sale_holds(&self, sale_id: &str) -> Result<Vec<HoldRow>, StoreError> {
         let sql =
@@ -348,18 +377,24 @@ impl Store {
     }
 }
 
-/// Inserts a hold, or moves a known one from `held` to the given status.
+/// Inserts a hold, or moves a known one from `held` to the given status (a final
+/// status never changes) and fills in what an earlier write did not know.
 pub(crate) async fn upsert_hold(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     h: &HoldRow,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO holds (id, sale_id, user_id, quantity, unit_price, amount, \
-         currency, position, status, created_at, expires_at, ended_at, order_id, user_name) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-         ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
-         ended_at = excluded.ended_at, order_id = excluded.order_id \
-         WHERE holds.status = 'held'",
+         currency, position, status, created_at, expires_at, ended_at, order_id, user_name, \
+         idempotency_key, request_fingerprint) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         ON CONFLICT (id) DO UPDATE SET \
+         status = CASE WHEN holds.status = 'held' THEN excluded.status ELSE holds.status END, \
+         ended_at = CASE WHEN holds.status = 'held' THEN excluded.ended_at ELSE holds.ended_at END, \
+         order_id = CASE WHEN holds.status = 'held' THEN excluded.order_id ELSE holds.order_id END, \
+         user_name = COALESCE(holds.user_name, excluded.user_name), \
+         idempotency_key = COALESCE(holds.idempotency_key, excluded.idempotency_key), \
+         request_fingerprint = COALESCE(holds.request_fingerprint, excluded.request_fingerprint)",
     )
     .bind(&h.id)
     .bind(&h.sale_id)
@@ -375,6 +410,8 @@ pub(crate) async fn upsert_hold(
     .bind(h.ended_at)
     .bind(&h.order_id)
     .bind(&h.user_name)
+    .bind(&h.idempotency_key)
+    .bind(&h.request_fingerprint)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -812,7 +812,7 @@ async fn a_sale_whose_engine_state_vanished_is_rebuilt_from_sql() {
     .await);
     let buyer = app.viewer("rebuilt");
     let kept = app
-        .reserve(&buyer, &sale_id, &key(), &json!({"quantity": 3}))
+        .reserve(&buyer, &sale_id, "kept-key", &json!({"quantity": 3}))
         .await;
     kept.assert_status(201);
     assert!(app.state.flash.flush(Duration::from_secs(5)).await);
@@ -845,6 +845,16 @@ async fn a_sale_whose_engine_state_vanished_is_rebuilt_from_sql() {
 }
 
 async fn check_rebuilt(app: &TestApp, sale_id: &str, buyer: &str, kept: &Value) {
+    assert_eq!(counts(&sale(app, sale_id).await), (5, 3, 0));
+    // The rebuild keeps the key's first answer: a replay reserves nothing.
+    let replay = app
+        .reserve(buyer, sale_id, "kept-key", &json!({"quantity": 3}))
+        .await;
+    replay.assert_status(201);
+    assert_eq!(&replay.body, kept);
+    app.reserve(buyer, sale_id, "kept-key", &json!({"quantity": 1}))
+        .await
+        .assert_error(409, "idempotency_key_reused");
     assert_eq!(counts(&sale(app, sale_id).await), (5, 3, 0));
     // The buyer's usage came back with the hold: one more unit fits, two do not.
     app.reserve(buyer, sale_id, &key(), &json!({"quantity": 2}))

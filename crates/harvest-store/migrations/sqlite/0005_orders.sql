@@ -2,6 +2,11 @@
 -- One order per hold: the unique hold_id is what makes a hold impossible to pay twice.
 
 ALTER TABLE holds ADD COLUMN user_name TEXT;
+-- The reservation's Idempotency-Key and request digest, so a replay after the stock
+-- engine lost its records still answers the first hold.
+ALTER TABLE holds ADD COLUMN idempotency_key TEXT;
+ALTER TABLE holds ADD COLUMN request_fingerprint TEXT;
+CREATE INDEX holds_key ON holds (sale_id, user_id, idempotency_key);
 
 CREATE TABLE orders (
     id            TEXT PRIMARY KEY NOT NULL,

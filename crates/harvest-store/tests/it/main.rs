@@ -418,6 +418,8 @@ fn hold_row(id: &str, sale: &str, user: &str, position: i64, status: &str) -> Ho
         ended_at: None,
         order_id: None,
         user_name: Some("Zhang San".into()),
+        idempotency_key: Some("k-1".into()),
+        request_fingerprint: Some("{}".into()),
     }
 }
 
