@@ -1082,13 +1082,18 @@ impl StockEngine for RedisEngine {
                 break;
             }
             let room = max - out.len();
-            if let Err(e) = self.sweep_sale(&sale_id, now_ms, room, &mut out).await {
-                if out.is_empty() {
-                    return Err(e);
+            match self.sweep_sale(&sale_id, now_ms, room, &mut out).await {
+                Ok(()) => {}
+                // A lost sale must not stop the sweep of the others: it is skipped
+                // until it is rebuilt (`restore_sale`). It stays in the set, since
+                // dropping it could race with a rebuild on another node.
+                Err(StockError::SaleStateLost { .. }) => {}
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    // Report what was expired so far; the next sweep carries on.
+                    warn!(sale_id, error = %e, "sweep stopped early");
+                    break;
                 }
-                // Report what was expired so far; the next sweep carries on.
-                warn!(sale_id, error = %e, "sweep stopped early");
-                break;
             }
         }
         Ok(out)

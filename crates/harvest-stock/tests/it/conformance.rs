@@ -74,6 +74,7 @@ conformance!(
     restore_rebuilds_exact_counts,
     allocations_page_across_a_sparse_restore,
     conditional_restore_leaves_a_present_sale_alone,
+    a_lost_sale_does_not_stop_expiry_elsewhere,
 );
 
 async fn create_sale_is_idempotent_and_rejects_conflicts(h: Harness) {
@@ -879,4 +880,33 @@ async fn conditional_restore_leaves_a_present_sale_alone(h: Harness) {
     assert_eq!((rebuilt.remaining, rebuilt.held, rebuilt.sold), (8, 2, 0));
     assert_eq!(e.restore_sale_if_missing(stale).await.unwrap(), None);
     assert_eq!(counts(e, &s).await, rebuilt);
+}
+
+async fn a_lost_sale_does_not_stop_expiry_elsewhere(h: Harness) {
+    let e = &*h.engine;
+    // Several lost sales, whatever order the sweep visits them in.
+    for _ in 0..3 {
+        let lost = new_sale(e, 5, 5).await;
+        hold(e, req(&lost, "a", 1, "k1")).await;
+        h.lose_sale(&lost.sale_id).await;
+    }
+    let s = new_sale(e, 5, 5).await;
+    let due = hold(e, req(&s, "b", 2, "k1")).await;
+    let later = due.expires_at_ms + 1;
+    let mut expired = Vec::new();
+    for _ in 0..8 {
+        expired.extend(e.expire_due(later, 10).await.unwrap());
+        if !expired.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        expired
+            .iter()
+            .map(|h| h.hold_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![due.hold_id.as_str()]
+    );
+    let c = counts(e, &s).await;
+    assert_eq!((c.remaining, c.held), (5, 0));
 }
