@@ -126,6 +126,9 @@ pub struct Settings {
     pub sql_max_connections: u32,
     /// Timeout of every Redis call, in milliseconds.
     pub redis_timeout_ms: u64,
+    /// Prefix of every Redis key this deployment writes (deployments sharing one Redis
+    /// must use different prefixes).
+    pub redis_key_prefix: String,
     /// After SIGTERM or SIGINT, how long `/readyz` answers 503 while new requests are
     /// still served, so load balancers stop routing here before the listener closes.
     pub shutdown_delay_ms: u64,
@@ -183,6 +186,7 @@ impl Default for Settings {
             sql_timeout_ms: 2000,
             sql_max_connections: 16,
             redis_timeout_ms: 1000,
+            redis_key_prefix: "hv:".into(),
             shutdown_delay_ms: 500,
             shutdown_grace_s: 8,
             history_events: 1000,
@@ -233,6 +237,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("sql_timeout_ms", Kind::Int),
     ("sql_max_connections", Kind::Int),
     ("redis_timeout_ms", Kind::Int),
+    ("redis_key_prefix", Kind::Str),
     ("shutdown_delay_ms", Kind::Int),
     ("shutdown_grace_s", Kind::Int),
     ("history_events", Kind::Int),

@@ -149,6 +149,7 @@ impl FlashSales {
                 }
                 let mut cfg = RedisConfig::new(urls[0]);
                 cfg.timeout = Duration::from_millis(settings.redis_timeout_ms.max(1));
+                cfg.key_prefix = settings.redis_key_prefix.clone();
                 let engine = RedisEngine::new(cfg)
                     .map_err(|e| anyhow::anyhow!("cannot set up the Redis stock engine: {e}"))?;
                 (Arc::new(engine), "redis")

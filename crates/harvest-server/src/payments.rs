@@ -113,6 +113,7 @@ impl Payments {
                 let first = url.expose().split(',').next().unwrap_or_default().trim();
                 Journal::redis(
                     first,
+                    &settings.redis_key_prefix,
                     Duration::from_millis(settings.redis_timeout_ms.max(1)),
                 )?
             }
@@ -209,11 +210,14 @@ impl Payments {
         if let Some(o) = self.inner.journaled.get(&hold.hold_id) {
             return Ok(o.clone());
         }
-        match self.inner.store.order_for_hold(&hold.hold_id).await {
-            Ok(Some(order)) => return Ok(order),
-            Ok(None) => {}
-            // SQL is down: go on; the journal takes the order.
-            Err(e) => tracing::warn!(error = %e, "cannot look up the hold's order"),
+        // A hold paid before has its order in SQL (the journal was checked above).
+        // A held one may be paid by a racing node too: the unique hold id settles that.
+        if hold.status == HoldStatus::Paid {
+            match self.inner.store.order_for_hold(&hold.hold_id).await {
+                Ok(Some(order)) => return Ok(order),
+                Ok(None) => {}
+                Err(e) => return Err(PayError::Unavailable(e.to_string())),
+            }
         }
         let paid = match self.inner.flash.confirm_paid(row, &hold.hold_id).await {
             Ok(h) => h,
@@ -436,13 +440,13 @@ impl Journal {
         })
     }
 
-    fn redis(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    fn redis(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self::Redis {
             client: redis::Client::open(url)?,
             conn: tokio::sync::OnceCell::new(),
             // One hash tag: both keys live in one Redis Cluster slot.
-            key: "hv:{journal}:orders".into(),
-            holds: "hv:{journal}:holds".into(),
+            key: format!("{prefix}{{journal}}:orders"),
+            holds: format!("{prefix}{{journal}}:holds"),
             timeout,
         })
     }

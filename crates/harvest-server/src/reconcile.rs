@@ -58,6 +58,7 @@ pub async fn run(settings: &Settings, sale: Option<&str>, fix: bool) -> anyhow::
             let first = url.expose().split(',').next().unwrap_or_default().trim();
             let mut cfg = RedisConfig::new(first);
             cfg.timeout = Duration::from_millis(settings.redis_timeout_ms.max(1));
+            cfg.key_prefix = settings.redis_key_prefix.clone();
             Arc::new(RedisEngine::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?)
         }
         None => {

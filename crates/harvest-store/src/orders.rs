@@ -74,17 +74,22 @@ impl Store {
             return Ok(Vec::new());
         }
         let select = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE hold_id = $1");
+        // Written in hold-id order, like `record_holds`, so transactions touching the
+        // same holds cannot deadlock; answered in the callers' order.
+        let mut order: Vec<usize> = (0..paid.len()).collect();
+        order.sort_by(|&a, &b| paid[a].order.hold_id.cmp(&paid[b].order.hold_id));
         self.timed(async {
             let mut tx = self.pool.begin().await?;
-            let mut out = Vec::with_capacity(paid.len());
-            for p in paid {
+            let mut out: Vec<Option<Order>> = vec![None; paid.len()];
+            for &i in &order {
+                let p = &paid[i];
                 let o = &p.order;
-                sqlx::query(
+                let inserted = sqlx::query(
                     "INSERT INTO orders (id, hold_id, sale_id, room_id, product_id, buyer_id, \
                      buyer_name, quantity, unit_price, amount, currency, status, paid_at, \
                      refunded_at, refund_reason, provider, provider_ref) VALUES ($1, $2, $3, \
                      $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, NULL, $14, $15) \
-                     ON CONFLICT (hold_id) DO NOTHING",
+                     ON CONFLICT (hold_id) DO NOTHING RETURNING id",
                 )
                 .bind(&o.id)
                 .bind(&o.hold_id)
@@ -101,21 +106,27 @@ impl Store {
                 .bind(ms(o.paid_at))
                 .bind(&p.provider)
                 .bind(&p.provider_ref)
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
-                let row = sqlx::query(AssertSqlSafe(select.clone()))
-                    .bind(&o.hold_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let stored = order_from_row(&row)?;
+                // Inserted: it stands. Otherwise the hold's earlier order stands.
+                let stored = match inserted {
+                    Some(_) => o.clone(),
+                    None => {
+                        let row = sqlx::query(AssertSqlSafe(select.clone()))
+                            .bind(&o.hold_id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        order_from_row(&row)?
+                    }
+                };
                 let mut hold = p.hold.clone();
                 hold.status = "paid".into();
                 hold.order_id = Some(stored.id.clone());
                 upsert_hold(&mut tx, &hold).await?;
-                out.push(stored);
+                out[i] = Some(stored);
             }
             tx.commit().await?;
-            Ok(out)
+            Ok(out.into_iter().flatten().collect())
         })
         .await
     }

@@ -297,9 +297,14 @@ impl Store {
         if holds.is_empty() {
             return Ok(());
         }
+        // Rows are written in id order (stable, so two writes of one hold keep theirs):
+        // concurrent transactions touching the same holds then lock them in the same
+        // order and cannot deadlock.
+        let mut ordered: Vec<&HoldRow> = holds.iter().collect();
+        ordered.sort_by(|a, b| a.id.cmp(&b.id));
         self.timed(async {
             let mut tx = self.pool.begin().await?;
-            for h in holds {
+            for h in ordered {
                 upsert_hold(&mut tx, h).await?;
             }
             tx.commit().await

@@ -97,6 +97,9 @@ pub fn base_settings(database: &TestDatabase) -> Settings {
             .redis_url()
             .map(harvest_server::config::SecretUrl::new),
         jwt_secret: Some(harvest_server::config::Secret::new(TEST_JWT_SECRET)),
+        // Test servers share one Redis: each keeps to its own keys, as separate
+        // deployments would.
+        redis_key_prefix: format!("hv:{}:", uuid::Uuid::now_v7().simple()),
         data_dir: database.dir().join("data"),
         shutdown_delay_ms: 0,
         shutdown_grace_s: 5,

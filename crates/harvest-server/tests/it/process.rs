@@ -292,7 +292,11 @@ async fn process_reconcile_reports_drift_and_fixes_it() {
     let dir = tempfile::tempdir().unwrap();
     let database_url = app.state.settings.database_url.expose().to_owned();
     let redis_url = std::env::var("HARVEST_TEST_REDIS_URL").ok();
-    let mut env = vec![("HARVEST_DATABASE_URL", database_url.as_str())];
+    let prefix = app.state.settings.redis_key_prefix.clone();
+    let mut env = vec![
+        ("HARVEST_DATABASE_URL", database_url.as_str()),
+        ("HARVEST_REDIS_KEY_PREFIX", prefix.as_str()),
+    ];
     let servers = harvest_testkit::TestBackend::from_env() == harvest_testkit::TestBackend::Servers;
     if servers {
         env.push(("HARVEST_REDIS_URL", redis_url.as_deref().unwrap()));
