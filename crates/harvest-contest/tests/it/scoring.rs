@@ -639,3 +639,9 @@ fn participants_are_checked() {
         serde_json::json!({"field": "participants[0].room_ids"})
     );
 }
+
+#[test]
+fn engine_can_move_between_tasks() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Engine>();
+}
