@@ -282,8 +282,14 @@ impl Engine {
     }
 
     /// Settles the contest at `at_ms`: refunds and every other event at or after it no
-    /// longer change anything. Refused before `ends_at + settle_grace_s`. Settling an
-    /// already settled contest changes nothing (the first settlement time stays).
+    /// longer change anything (events already applied that happened at or after it are
+    /// taken out again). Refused before `ends_at + settle_grace_s`. Settling an already
+    /// settled contest changes nothing (the first settlement time stays).
+    ///
+    /// Events are judged by their own times, like [`crate::score`] with the same
+    /// settlement time: an event that happened before `at_ms` but is applied later (a
+    /// replay, a late arrival) still counts. Whoever publishes frozen results keeps the
+    /// standings and audit taken at settlement.
     pub fn settle(&mut self, at_ms: i64) -> Result<(), ContestError> {
         if self.settled_at.is_some() {
             return Ok(());

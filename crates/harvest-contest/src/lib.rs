@@ -112,7 +112,7 @@ pub use event::{
     Event, JudgeScores, LikesTally, MatchResult, OrderPaid, OrderRefunded, Participant,
     sort_canonical,
 };
-pub use hash::{canonical_json, events_hash, rules_hash};
+pub use hash::{canonical_events_json, canonical_json, events_hash, rules_hash};
 pub use pk::{MatchOutcome, MatchScores, MatchSpec};
 pub use rules::{MAX_MULTIPLIER, MetricName, MetricWeight, Mode, Rules, Scoring};
 pub use standings::{Standings, StandingsRow};

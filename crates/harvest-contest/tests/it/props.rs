@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 
 use harvest_contest::{
     Engine, Event, JudgeScores, LikesTally, MatchResult, OrderPaid, OrderRefunded, Rules,
-    rules_hash, score,
+    canonical_events_json, canonical_json, events_hash, rules_hash, score,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
+use sha2::{Digest, Sha256};
 
 use crate::common::*;
 
@@ -261,6 +262,31 @@ proptest! {
             let base = score(&rules, &teams(), &events, Some(t)).unwrap();
             prop_assert_eq!(frozen, base);
         }
+    }
+
+    #[test]
+    fn events_are_written_in_canonical_json(
+        (_, events, _, _) in arb_contest(),
+        odd in prop::collection::vec(any::<String>(), 4),
+        big in any::<u64>(),
+    ) {
+        let mut events = events;
+        // Any text in ids (control characters, quotes, non-ASCII), extreme integers.
+        events.push(paid_ms(&odd[0], &odd[1], &odd[2], &odd[3], i64::MIN, i64::MAX));
+        events.push(Event::Likes(LikesTally { room_id: odd[0].clone(), second: -1, count: big }));
+        events.push(Event::MatchResult(MatchResult {
+            match_id: odd[1].clone(),
+            winner_ids: odd.clone(),
+            at_ms: 0,
+        }));
+        events.push(Event::JudgeScores(JudgeScores {
+            judge: odd[2].clone(),
+            scores: odd.iter().map(|p| (p.clone(), 7)).collect(),
+            at_ms: -5,
+        }));
+        let fast = canonical_events_json(&events);
+        prop_assert_eq!(String::from_utf8(fast.clone()).unwrap(), String::from_utf8(canonical_json(&events)).unwrap());
+        prop_assert_eq!(events_hash(&events), hex::encode(Sha256::digest(&fast)));
     }
 
     #[test]
