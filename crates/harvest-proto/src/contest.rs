@@ -158,6 +158,86 @@ pub struct Standings {
     pub rows: Vec<StandingsRow>,
 }
 
+/// Why an order paid in a participant's room does not count. When several reasons
+/// apply the first in declaration order is given.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ExclusionReason {
+    /// Paid outside the contest window `[starts_at, ends_at)`.
+    OutsideWindow,
+    /// Refunded before settlement.
+    Refunded,
+    /// The buyer is the participant's owner or one of its members.
+    SelfPurchase,
+    /// The product is not in `eligible_product_ids`.
+    IneligibleProduct,
+    /// The buyer's earlier orders already reached `per_buyer_gmv_cap`.
+    BuyerCap,
+}
+
+impl ExclusionReason {
+    pub const ALL: [Self; 5] = [
+        Self::OutsideWindow,
+        Self::Refunded,
+        Self::SelfPurchase,
+        Self::IneligibleProduct,
+        Self::BuyerCap,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OutsideWindow => "outside_window",
+            Self::Refunded => "refunded",
+            Self::SelfPurchase => "self_purchase",
+            Self::IneligibleProduct => "ineligible_product",
+            Self::BuyerCap => "buyer_cap",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// An order that counts, with what it counts for (after multiplier and cap).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CountedOrder {
+    pub order_id: String,
+    /// The order's amount, minor units.
+    pub amount: i64,
+    /// `floor(amount × multiplier)`, then capped per buyer; minor units.
+    pub counted_amount: i64,
+}
+
+/// An order that does not count, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExcludedOrder {
+    pub order_id: String,
+    pub reason: ExclusionReason,
+}
+
+/// Every order paid in one participant's rooms, counted or excluded, in payment order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditRow {
+    pub participant_id: String,
+    pub counted: Vec<CountedOrder>,
+    pub excluded: Vec<ExcludedOrder>,
+}
+
+/// A contest's audit (`GET /api/v1/contests/{id}/audit`): the hashes that pin the rules
+/// and the counted event log, and every order per participant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Audit {
+    /// SHA-256 (hex) of the canonical JSON (RFC 8785) of the contest's rules.
+    pub rules_hash: String,
+    /// SHA-256 (hex) of the canonical JSON of the ordered list of counted events.
+    pub events_hash: String,
+    /// One row per participant, in the contest's participant order.
+    pub rows: Vec<AuditRow>,
+}
+
 impl WireEnum for Metric {
     const WHAT: &'static str = "metric";
     fn as_str(self) -> &'static str {

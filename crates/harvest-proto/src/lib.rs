@@ -20,7 +20,10 @@ pub mod ws;
 pub use commerce::{
     Allocation, AllocationList, Hold, HoldStatus, Order, OrderStatus, Sale, SaleList, SaleStatus,
 };
-pub use contest::{Match, MatchStatus, Metric, Metrics, Score, Standings, StandingsRow};
+pub use contest::{
+    Audit, AuditRow, CountedOrder, ExcludedOrder, ExclusionReason, Match, MatchStatus, Metric,
+    Metrics, Score, Standings, StandingsRow,
+};
 pub use error::{ErrorBody, ErrorCode, ErrorObject};
 pub use types::*;
 
