@@ -37,8 +37,15 @@ pub const TARGET_SQLITE: f64 = 2_000.0;
 const CHECKOUT_ROUTE: &str = "/api/v1/holds/{id}/checkout";
 /// Attempts per reservation of the untimed phase (429 and 503 are retried).
 const RESERVE_ATTEMPTS: u32 = 30;
-/// Longest wait for the allocation list to hold every hold before the timed phase.
+/// Longest wait for the allocation list to hold every hold, then for the server to
+/// go idle, before the timed phase.
 const HOLDS_SETTLE: Duration = Duration::from_secs(60);
+/// Idle: the server uses less than this share of a core...
+const IDLE_SERVER_CORES: f64 = 0.1;
+/// ... and the whole machine (the database included) less than this.
+const IDLE_MACHINE_CORES: f64 = 0.3;
+/// Idle is measured over windows of this length, two in a row.
+const IDLE_WINDOW: Duration = Duration::from_millis(500);
 /// Longest wait for the order export to list every answered order (a journaled order
 /// reaches SQL within seconds).
 const EXPORT_SETTLE: Duration = Duration::from_secs(15);
@@ -450,9 +457,13 @@ pub struct ReservePhase {
     pub retries: u64,
     pub duration_s: f64,
     pub holds_per_s: f64,
-    /// From the end of the phase until the allocation list held every hold (the server
-    /// records holds in SQL behind its stock engine); null when it never did.
-    pub holds_recorded_after_ms: Option<u64>,
+    /// From the end of the phase until the allocation list held every hold; null when
+    /// it never did.
+    pub holds_listed_after_ms: Option<u64>,
+    /// From the end of the phase until the server and the machine were idle (the
+    /// server writes holds to SQL behind its stock engine, and the allocation list
+    /// comes from the engine); null when they were not within 60 s.
+    pub idle_after_ms: Option<u64>,
 }
 
 /// The untimed repeats after the timed phase.
@@ -733,12 +744,15 @@ impl Summary for CheckoutSummary {
                 "reserve",
                 n(self.reserve.holds),
                 format!(
-                    "holds in {:.1} s ({:.0}/s), {} retries, recorded after {} ms",
+                    "holds in {:.1} s ({:.0}/s), {} retries, listed after {} ms, idle after {} ms",
                     self.reserve.duration_s,
                     self.reserve.holds_per_s,
                     self.reserve.retries,
                     self.reserve
-                        .holds_recorded_after_ms
+                        .holds_listed_after_ms
+                        .map_or_else(|| "-".into(), |m| m.to_string()),
+                    self.reserve
+                        .idle_after_ms
                         .map_or_else(|| "-".into(), |m| m.to_string())
                 ),
             ),
@@ -921,6 +935,37 @@ impl Buyers {
     fn pay_key(&self, hold: u32) -> String {
         format!("{}-pay-{hold}", self.key_prefix)
     }
+}
+
+/// Whether one window counts as idle: server and machine CPU, in cores.
+pub fn is_idle(server_cores: f64, machine_cores: f64) -> bool {
+    server_cores < IDLE_SERVER_CORES && machine_cores < IDLE_MACHINE_CORES
+}
+
+/// Waits, until `from + max` at most, for two idle windows in a row (server CPU from
+/// `/metrics`, machine CPU from `/proc/stat`); the time since `from` when they ended.
+async fn wait_idle(api: &Api, from: Instant, max: Duration) -> Option<u64> {
+    let mut idle_windows = 0;
+    while from.elapsed() < max {
+        let server_before = api.server_sample().await.ok()?;
+        let (machine_before, _) = common::machine_cpu_s();
+        let started = Instant::now();
+        tokio::time::sleep(IDLE_WINDOW).await;
+        let server_after = api.server_sample().await.ok()?;
+        let (machine_after, _) = common::machine_cpu_s();
+        let window = started.elapsed().as_secs_f64();
+        let server = (server_after.cpu_s - server_before.cpu_s) / window;
+        let machine = (machine_after - machine_before) / window;
+        idle_windows = if is_idle(server, machine) {
+            idle_windows + 1
+        } else {
+            0
+        };
+        if idle_windows >= 2 {
+            return Some(from.elapsed().as_millis() as u64);
+        }
+    }
+    None
 }
 
 /// The room's order export.
@@ -1106,13 +1151,15 @@ pub async fn run(args: CheckoutArgs) -> anyhow::Result<()> {
         );
     }
 
-    // Wait until SQL has every hold, so the timed phase does not carry their writes.
+    // Wait until the engine lists every hold, then until the server and the machine
+    // are idle: the holds reach SQL behind the engine, and those writes should not
+    // fall into the timed phase.
     let settle_from = Instant::now();
     let max_pages = reserve.holds / u64::from(crate::flash::ALLOCATION_PAGE) + 10;
     loop {
         match crate::flash::allocations(&owner, &setup.sale_id, max_pages).await {
             Ok(items) if items.len() as u64 >= reserve.holds => {
-                reserve.holds_recorded_after_ms = Some(settle_from.elapsed().as_millis() as u64);
+                reserve.holds_listed_after_ms = Some(settle_from.elapsed().as_millis() as u64);
                 break;
             }
             Ok(_) => {}
@@ -1129,6 +1176,13 @@ pub async fn run(args: CheckoutArgs) -> anyhow::Result<()> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    reserve.idle_after_ms = wait_idle(&owner, settle_from, HOLDS_SETTLE).await;
+    if reserve.idle_after_ms.is_none() {
+        report::note(
+            None,
+            "the server or the machine stayed busy 60 s after the reservations; paying anyway",
+        );
     }
 
     // Timed: pay every hold, --concurrency checkouts in flight.
@@ -1481,6 +1535,16 @@ mod tests {
         assert_eq!(
             database_from_server(None, Some("process_cpu_seconds_total 1\n")),
             None
+        );
+    }
+
+    #[test]
+    fn idle_needs_a_quiet_server_and_machine() {
+        assert!(is_idle(0.02, 0.1));
+        assert!(!is_idle(0.2, 0.25), "server busy");
+        assert!(
+            !is_idle(0.0, 0.9),
+            "the database or another process is busy"
         );
     }
 
