@@ -1,6 +1,7 @@
 //! What every scenario shares: the target and its HTTP API, tokens, `/metrics`,
 //! process limits and CPU time, and WebSocket connections with admission retries.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -9,15 +10,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use harvest_proto::ws::{Encoding, Event, EventData, close};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::hist::Histogram;
 
 /// Timeout of every HTTP request the load generator makes.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -419,20 +423,7 @@ impl Api {
 
     /// RSS and CPU time of the server process, from `/metrics`.
     pub async fn server_sample(&self) -> anyhow::Result<ServerSample> {
-        let url = format!("{}/metrics", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("GET /metrics: {}", error_chain(&e)))?;
-        if !response.status().is_success() {
-            bail!("GET /metrics answered {}", response.status());
-        }
-        let text = response
-            .text()
-            .await
-            .context("GET /metrics: reading the answer")?;
+        let text = self.metrics_text().await?;
         let rss = metric_value(&text, "process_resident_memory_bytes")
             .context("/metrics has no process_resident_memory_bytes")?;
         let cpu = metric_value(&text, "process_cpu_seconds_total")
@@ -501,6 +492,176 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         }
     }
     total
+}
+
+/// The labels of a Prometheus sample, in their order: (name, value).
+pub type Labels = Vec<(String, String)>;
+
+/// One sample line of the Prometheus text format: its metric name, its labels (values
+/// unescaped) and its value. `None` for comments, blank and malformed lines.
+pub fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let name_end = line
+        .find(|c: char| c == '{' || c.is_whitespace())
+        .unwrap_or(line.len());
+    let name = &line[..name_end];
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        // key="value" pairs; values may hold `}`, `,` and escaped quotes.
+        let mut chars = inner.char_indices().peekable();
+        let mut end = None;
+        loop {
+            while chars
+                .next_if(|(_, c)| *c == ',' || c.is_whitespace())
+                .is_some()
+            {}
+            match chars.peek() {
+                Some((i, '}')) => {
+                    end = Some(*i + 1);
+                    break;
+                }
+                None => break,
+                _ => {}
+            }
+            let mut key = String::new();
+            while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=') {
+                key.push(c);
+            }
+            chars.next(); // '='
+            if chars.next().map(|(_, c)| c) != Some('"') {
+                return None;
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next()?.1 {
+                    '\\' => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        c => value.push(c),
+                    },
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            labels.push((key.trim().to_owned(), value));
+        }
+        rest = &inner[end?..];
+    }
+    let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
+    Some((name, labels, value))
+}
+
+/// A Prometheus histogram's series for one label value, read from `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSample {
+    /// `(le, cumulative count)` in ascending `le`, `+Inf` last.
+    pub buckets: Vec<(f64, f64)>,
+    pub sum: f64,
+    pub count: f64,
+}
+
+impl HistogramSample {
+    /// The series of histogram `name` whose label `label` is `value` (buckets, sum and
+    /// count added up over any other labels); `None` when absent.
+    pub fn read(text: &str, name: &str, label: &str, value: &str) -> Option<Self> {
+        let (bucket, sum, count) = (
+            format!("{name}_bucket"),
+            format!("{name}_sum"),
+            format!("{name}_count"),
+        );
+        let mut h = Self::default();
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        let mut found = false;
+        for (metric, labels, v) in text.lines().filter_map(parse_sample) {
+            if !labels.iter().any(|(k, lv)| k == label && lv == value) {
+                continue;
+            }
+            if metric == bucket {
+                let Some(le) = labels
+                    .iter()
+                    .find(|(k, _)| k == "le")
+                    .and_then(|(_, le)| le.parse::<f64>().ok())
+                else {
+                    continue;
+                };
+                match buckets.iter_mut().find(|(b, _)| *b == le) {
+                    Some(slot) => slot.1 += v,
+                    None => buckets.push((le, v)),
+                }
+            } else if metric == sum {
+                h.sum += v;
+            } else if metric == count {
+                h.count += v;
+                found = true;
+            }
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        h.buckets = buckets;
+        found.then_some(h)
+    }
+
+    /// What was recorded between `before` and `self` (absent `before`: since start).
+    pub fn since(&self, before: Option<&Self>) -> Self {
+        let Some(b) = before else {
+            return self.clone();
+        };
+        let earlier = |le: f64| {
+            b.buckets
+                .iter()
+                .find(|(x, _)| *x == le)
+                .map_or(0.0, |(_, c)| *c)
+        };
+        Self {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|&(le, c)| (le, (c - earlier(le)).max(0.0)))
+                .collect(),
+            sum: (self.sum - b.sum).max(0.0),
+            count: (self.count - b.count).max(0.0),
+        }
+    }
+
+    /// The mean, when anything was recorded.
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0.0).then(|| self.sum / self.count)
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (nearest rank); `None` when
+    /// empty, infinite when it lies above the last finite bucket.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        if self.count <= 0.0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * self.count).ceil().max(1.0);
+        self.buckets
+            .iter()
+            .find(|(_, c)| *c >= rank)
+            .map(|(le, _)| *le)
+            .or(Some(f64::INFINITY))
+    }
+}
+
+/// The first value of label `label` on any series of `/metrics` whose name starts
+/// with `prefix` (e.g. a `database` label on a build-info gauge).
+pub fn metric_label(text: &str, prefix: &str, label: &str) -> Option<String> {
+    text.lines()
+        .filter_map(parse_sample)
+        .filter(|(name, _, _)| name.starts_with(prefix))
+        .find_map(|(_, labels, _)| labels.into_iter().find(|(k, _)| k == label).map(|(_, v)| v))
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+pub fn load_avg_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// CPU time (user + system) this process used so far, in seconds.
@@ -801,6 +962,365 @@ pub fn decode(
     }
 }
 
+/// A client using more than this share of one core is the bottleneck itself.
+pub const CLIENT_BOUND_CORES: f64 = 0.9;
+
+/// Rounded to 0.01, for the summaries.
+pub fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// Rounded to 0.001, for the summaries (targets are checked before rounding).
+pub fn round3(v: Option<f64>) -> Option<f64> {
+    v.map(|v| (v * 1000.0).round() / 1000.0)
+}
+
+/// `a / b`, when both are finite and `b` is positive.
+pub fn ratio(a: f64, b: f64) -> Option<f64> {
+    (a.is_finite() && b.is_finite() && b > 0.0).then(|| a / b)
+}
+
+/// `count` per second of `seconds`, rounded to 0.01.
+pub fn per_s(count: u64, seconds: f64) -> f64 {
+    round2(count as f64 / seconds.max(1e-9))
+}
+
+/// A flash sale as `GET /api/v1/flash-sales/{id}` gives it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SaleState {
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub stock: u64,
+    #[serde(default)]
+    pub remaining: u64,
+    #[serde(default)]
+    pub held: u64,
+    #[serde(default)]
+    pub sold: u64,
+}
+
+/// What a flash-sale scenario sets up before any timing.
+#[derive(Debug, Clone)]
+pub struct SaleSpec {
+    pub price: u64,
+    pub stock: u64,
+    pub per_user_limit: u64,
+    pub duration_s: u64,
+    pub hold_ttl_s: u64,
+}
+
+/// The product, live room and live flash sale a scenario created.
+#[derive(Debug, Clone)]
+pub struct SaleSetup {
+    pub product_id: String,
+    pub room_id: String,
+    pub sale_id: String,
+}
+
+impl Api {
+    /// As a streamer: creates a product (sku `lt-<sku_tag>-<run_id>`), a live room with
+    /// it in its bag and a flash sale of it, and waits up to 5 s for the sale to be
+    /// `live`.
+    pub async fn setup_sale(
+        &self,
+        run_id: &str,
+        sku_tag: &str,
+        room_title: &str,
+        spec: &SaleSpec,
+    ) -> anyhow::Result<SaleSetup> {
+        let product_id = self
+            .create_product(&format!("lt-{sku_tag}-{run_id}"))
+            .await
+            .context("setup: creating the product (is --jwt-secret the server's secret?)")?;
+        let room_id = self
+            .create_live_room(
+                &format!("{room_title} {run_id}"),
+                std::slice::from_ref(&product_id),
+            )
+            .await
+            .context("setup: creating and starting the room")?;
+        let sale = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/rooms/{room_id}/flash-sales"),
+                Some(json!({
+                    "product_id": product_id,
+                    "price": spec.price,
+                    "stock": spec.stock,
+                    "per_user_limit": spec.per_user_limit,
+                    "duration_s": spec.duration_s,
+                    "hold_ttl_s": spec.hold_ttl_s,
+                })),
+            )
+            .await
+            .context("setup: creating the flash sale")?;
+        let sale_id = id_of(&sale, "sale")?;
+        let live_by = Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = self.sale_state(&sale_id).await?;
+            if state.status == "live" {
+                break;
+            }
+            if Instant::now() >= live_by {
+                bail!(
+                    "sale {sale_id} is {:?}, not live, 5 s after its creation",
+                    state.status
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(SaleSetup {
+            product_id,
+            room_id,
+            sale_id,
+        })
+    }
+
+    /// Reads a flash sale.
+    pub async fn sale_state(&self, sale_id: &str) -> anyhow::Result<SaleState> {
+        let value = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/flash-sales/{sale_id}"),
+                None,
+            )
+            .await?;
+        serde_json::from_value(value).context("the sale's answer is not a Sale")
+    }
+
+    /// Ends the sale and the room (cleanup after a run); failures are only noted.
+    pub async fn end_sale_and_room(&self, setup: &SaleSetup) {
+        let sale_id = &setup.sale_id;
+        if let Err(e) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/flash-sales/{sale_id}/end"),
+                None,
+            )
+            .await
+        {
+            crate::report::note(None, format!("could not end sale {sale_id}: {e:#}"));
+        }
+        if let Err(e) = self.end_room(&setup.room_id).await {
+            crate::report::note(None, format!("could not end room {}: {e:#}", setup.room_id));
+        }
+    }
+
+    /// `/readyz` as JSON (its body also when it answers 503), or `None`.
+    pub async fn readiness(&self) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("{}/readyz", self.base))
+            .send()
+            .await
+            .ok()?;
+        response.json::<Value>().await.ok()
+    }
+
+    /// The stock engine: `redis` when `/readyz` checks Redis, else `memory`.
+    pub async fn server_engine(&self) -> Option<String> {
+        self.readiness().await.map(|r| {
+            if r.pointer("/checks/redis").is_some() {
+                "redis".to_owned()
+            } else {
+                "memory".to_owned()
+            }
+        })
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("GET /metrics: {}", error_chain(&e)))?;
+        if !response.status().is_success() {
+            bail!("GET /metrics answered {}", response.status());
+        }
+        response
+            .text()
+            .await
+            .context("GET /metrics: reading the answer")
+    }
+}
+
+/// `Authorization: Bearer <token>` headers of `count` viewers, user ids from `user_of`,
+/// minted before any timing.
+pub fn mint_bearers(
+    minter: &Minter,
+    count: u64,
+    user_of: &dyn Fn(u32) -> String,
+) -> anyhow::Result<Vec<reqwest::header::HeaderValue>> {
+    let mut auth = Vec::with_capacity(count as usize);
+    for buyer in 0..count as u32 {
+        let token = minter.token(&user_of(buyer), &format!("buyer {buyer}"), &["viewer"])?;
+        auth.push(
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("token header")?,
+        );
+    }
+    Ok(auth)
+}
+
+/// Keep-alive HTTP/1.1 clients, one per source address, together pooling `concurrency`
+/// connections.
+pub fn http_clients(
+    target: &Target,
+    source_ips: u32,
+    concurrency: usize,
+) -> anyhow::Result<Vec<reqwest::Client>> {
+    let sources: Vec<Option<IpAddr>> = match target.source_ips(source_ips) {
+        ips if ips.is_empty() => vec![None],
+        ips => ips.into_iter().map(Some).collect(),
+    };
+    let per_client = concurrency.div_ceil(sources.len()) + 8;
+    sources
+        .into_iter()
+        .map(|ip| {
+            reqwest::Client::builder()
+                .http1_only()
+                .timeout(HTTP_TIMEOUT)
+                .connect_timeout(Duration::from_secs(5))
+                .pool_max_idle_per_host(per_client)
+                .pool_idle_timeout(Duration::from_secs(300))
+                .tcp_nodelay(true)
+                .local_address(ip)
+                .no_proxy()
+                .build()
+                .context("cannot build the HTTP client")
+        })
+        .collect()
+}
+
+/// A record of one request whose latency a phase reports.
+pub trait Timed {
+    fn latency_us(&self) -> u64;
+}
+
+/// The outcome of one phase of HTTP requests.
+pub struct PhaseOutcome<T> {
+    pub records: Vec<T>,
+    pub elapsed_s: f64,
+    pub client_cpu_s: f64,
+    /// Stopped at the deadline with items left.
+    pub truncated: bool,
+}
+
+impl<T> PhaseOutcome<T> {
+    /// This process's CPU over the phase, in cores.
+    pub fn client_cores(&self) -> f64 {
+        self.client_cpu_s / self.elapsed_s.max(1e-9)
+    }
+}
+
+impl<T: Timed> PhaseOutcome<T> {
+    /// The latency of every record.
+    pub fn latency(&self) -> Histogram {
+        let h = Histogram::new();
+        for r in &self.records {
+            h.record(r.latency_us());
+        }
+        h
+    }
+}
+
+/// Runs `items` work items with `concurrency` workers, each looping over the next item
+/// on its own keep-alive client, until all are done or `limit` has passed. A work item
+/// returns the records of the requests it made. `prefix` names the progress bar (none
+/// when `None`).
+pub async fn run_phase<T, F, Fut>(
+    prefix: Option<&'static str>,
+    clients: &[reqwest::Client],
+    concurrency: usize,
+    items: usize,
+    limit: Duration,
+    work: F,
+) -> PhaseOutcome<T>
+where
+    T: Send + 'static,
+    F: Fn(reqwest::Client, u32, Instant) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<T>> + Send + 'static,
+{
+    let work = Arc::new(work);
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = prefix.map(|p| crate::report::bar(items as u64, p));
+    let cpu_before = client_cpu_s();
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut workers = JoinSet::new();
+    for w in 0..concurrency.min(items) {
+        let client = clients[w % clients.len()].clone();
+        let (work, next, done) = (work.clone(), next.clone(), done.clone());
+        workers.spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= items {
+                    return (out, false);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return (out, true);
+                }
+                out.extend(work(client.clone(), i as u32, start).await);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // Every request times out after HTTP_TIMEOUT (a work item makes at most a few
+    // requests one after the other), so workers end by then; the guard is for safety.
+    let hard_stop = deadline + 2 * HTTP_TIMEOUT + Duration::from_secs(5);
+    let mut records = Vec::with_capacity(items);
+    let mut truncated = false;
+    loop {
+        tokio::select! {
+            joined = workers.join_next() => match joined {
+                None => break,
+                Some(Ok((out, cut))) => {
+                    records.extend(out);
+                    truncated |= cut;
+                }
+                Some(Err(_)) => truncated = true,
+            },
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let Some(bar) = &bar {
+                    bar.set_position(done.load(Ordering::Relaxed));
+                }
+                if tokio::time::Instant::now() >= hard_stop {
+                    workers.abort_all();
+                    truncated = true;
+                }
+            }
+        }
+    }
+    let elapsed_s = start.elapsed().as_secs_f64();
+    let client_cpu_s = client_cpu_s() - cpu_before;
+    if let Some(bar) = bar {
+        bar.set_position(done.load(Ordering::Relaxed));
+        bar.finish();
+    }
+    if truncated {
+        crate::report::note(
+            None,
+            format!(
+                "{}: stopped at --duration-limit ({} s) with {} of {items} items done",
+                prefix.unwrap_or("warm-up"),
+                limit.as_secs(),
+                done.load(Ordering::Relaxed)
+            ),
+        );
+    }
+    PhaseOutcome {
+        records,
+        elapsed_s,
+        client_cpu_s,
+        truncated,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -830,6 +1350,91 @@ harvest_events_delivered_total_extra 99
             Some(15.5)
         );
         assert_eq!(metric_value(SAMPLE, "process_open_fds"), None);
+    }
+
+    #[test]
+    fn parses_samples_with_awkward_labels() {
+        let (name, labels, value) = parse_sample(
+            r#"harvest_http_request_seconds_bucket{route="/api/v1/holds/{id}/checkout",le="0.005"} 42"#,
+        )
+        .unwrap();
+        assert_eq!(name, "harvest_http_request_seconds_bucket");
+        assert_eq!(
+            labels,
+            [
+                ("route".to_owned(), "/api/v1/holds/{id}/checkout".to_owned()),
+                ("le".to_owned(), "0.005".to_owned())
+            ]
+        );
+        assert_eq!(value, 42.0);
+        let (_, labels, _) = parse_sample(r#"x{a="q\"}, b",b="2"} 1.5"#).unwrap();
+        assert_eq!(labels[0].1, "q\"}, b");
+        assert_eq!(labels[1], ("b".to_owned(), "2".to_owned()));
+        assert_eq!(parse_sample("plain 3").unwrap().2, 3.0);
+        assert!(parse_sample("# TYPE x counter").is_none());
+        assert!(parse_sample("broken{a=1} 2").is_none());
+        assert!(parse_sample("noval").is_none());
+    }
+
+    const HIST: &str = r#"
+# TYPE harvest_http_request_seconds histogram
+harvest_http_request_seconds_bucket{route="/a/{id}/checkout",le="0.001"} 2
+harvest_http_request_seconds_bucket{route="/a/{id}/checkout",le="0.01"} 8
+harvest_http_request_seconds_bucket{route="/a/{id}/checkout",le="0.1"} 10
+harvest_http_request_seconds_bucket{route="/a/{id}/checkout",le="+Inf"} 10
+harvest_http_request_seconds_sum{route="/a/{id}/checkout"} 0.25
+harvest_http_request_seconds_count{route="/a/{id}/checkout"} 10
+harvest_http_request_seconds_bucket{route="/healthz",le="0.001"} 99
+harvest_http_request_seconds_count{route="/healthz"} 99
+harvest_build_info{version="1",database="postgres"} 1
+"#;
+
+    #[test]
+    fn reads_and_subtracts_histograms() {
+        let h = HistogramSample::read(
+            HIST,
+            "harvest_http_request_seconds",
+            "route",
+            "/a/{id}/checkout",
+        )
+        .unwrap();
+        assert_eq!(h.count, 10.0);
+        assert_eq!(h.buckets.len(), 4);
+        assert_eq!(h.buckets[3].0, f64::INFINITY);
+        assert_eq!(h.mean(), Some(0.025));
+        assert_eq!(h.quantile_bound(0.5), Some(0.01));
+        assert_eq!(h.quantile_bound(0.2), Some(0.001));
+        assert_eq!(h.quantile_bound(0.99), Some(0.1));
+        let before = HistogramSample {
+            buckets: vec![(0.001, 2.0), (0.01, 2.0), (0.1, 2.0), (f64::INFINITY, 2.0)],
+            sum: 0.001,
+            count: 2.0,
+        };
+        let d = h.since(Some(&before));
+        assert_eq!(d.count, 8.0);
+        assert_eq!(d.quantile_bound(0.5), Some(0.01));
+        assert_eq!(d.buckets[0], (0.001, 0.0));
+        assert_eq!(h.since(None), h);
+        assert!(
+            HistogramSample::read(HIST, "harvest_http_request_seconds", "route", "/b").is_none()
+        );
+        let empty = HistogramSample::default();
+        assert_eq!((empty.mean(), empty.quantile_bound(0.5)), (None, None));
+        let above = HistogramSample {
+            buckets: vec![(0.001, 0.0)],
+            sum: 9.0,
+            count: 1.0,
+        };
+        assert_eq!(above.quantile_bound(0.99), Some(f64::INFINITY));
+    }
+
+    #[test]
+    fn finds_a_label_on_any_series() {
+        assert_eq!(
+            metric_label(HIST, "harvest_", "database").as_deref(),
+            Some("postgres")
+        );
+        assert_eq!(metric_label(HIST, "harvest_", "engine"), None);
     }
 
     #[test]

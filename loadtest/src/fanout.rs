@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{self, Api, Clock, Connector, Minter, TargetArgs, Ws};
+use crate::common::{self, Api, Clock, Connector, Minter, TargetArgs, Ws, round2};
 use crate::hist::{Histogram, ms};
 use crate::report::{self, Summary, n, opt_ms};
 
@@ -733,10 +733,6 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         other_cpu_s: round2((machine_cpu_s - server_cpu_s - client_cpu_s).max(0.0)),
     };
     report::emit(&summary, json)
-}
-
-fn round2(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
 }
 
 /// Connected viewers still open, and the commerce events they received (capped at

@@ -15,19 +15,18 @@
 //! checked against what the buyers were told.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rand::{Rng, SeedableRng};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use tokio::task::JoinSet;
 
-use crate::common::{self, Api, HTTP_TIMEOUT, Minter, Target};
+use crate::common::{
+    self, Api, CLIENT_BOUND_CORES, Minter, SaleSpec, SaleState, Target, Timed, http_clients, per_s,
+    ratio, round2, round3, run_phase,
+};
 use crate::hist::{Histogram, ms};
 use crate::report::{self, Summary, n, opt_ms};
 
@@ -37,10 +36,8 @@ const MIN_THROUGHPUT_RATIO: f64 = 0.5;
 const MAX_P99_RATIO: f64 = 2.0;
 /// S2 target: the sold-out rejection rate against the `/healthz` rate.
 const MIN_SOLD_OUT_RATIO: f64 = 0.8;
-/// A client using more than this share of one core is the bottleneck itself.
-const CLIENT_BOUND_CORES: f64 = 0.9;
 /// Allocations fetched per page (the API's maximum).
-const ALLOCATION_PAGE: u32 = 500;
+pub const ALLOCATION_PAGE: u32 = 500;
 /// Longest wait for the allocation list to agree with the sale's counters.
 const ALLOCATIONS_SETTLE: Duration = Duration::from_secs(10);
 
@@ -223,6 +220,12 @@ pub fn sold_out_plan(requests: u64, buyers: u64, first_key: u64) -> Vec<KeyPlan>
             replay: Replay::None,
         })
         .collect()
+}
+
+impl Timed for Record {
+    fn latency_us(&self) -> u64 {
+        self.latency_us
+    }
 }
 
 /// A hold as a buyer was told of it.
@@ -419,21 +422,6 @@ pub fn limit_violations<'a>(
         }
     }
     units.values().filter(|&&u| u > per_user_limit).count() as u64
-}
-
-/// A sale as `GET /api/v1/flash-sales/{id}` gives it.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct SaleState {
-    #[serde(default)]
-    pub status: String,
-    #[serde(default)]
-    pub stock: u64,
-    #[serde(default)]
-    pub remaining: u64,
-    #[serde(default)]
-    pub held: u64,
-    #[serde(default)]
-    pub sold: u64,
 }
 
 /// The sale's counters after the run, checked.
@@ -659,16 +647,6 @@ pub struct FlashSummary {
     pub room_id: String,
     /// A sample of what went wrong, when something did.
     pub first_error: Option<String>,
-}
-
-/// `a / b`, when both are finite and `b` is positive.
-fn ratio(a: f64, b: f64) -> Option<f64> {
-    (a.is_finite() && b.is_finite() && b > 0.0).then(|| a / b)
-}
-
-/// Rounded to 0.001, for the summary (targets are checked before rounding).
-fn round3(v: Option<f64>) -> Option<f64> {
-    v.map(|v| (v * 1000.0).round() / 1000.0)
 }
 
 /// Computes the targets from a summary's figures.
@@ -1014,172 +992,12 @@ async fn healthz(client: &reqwest::Client, url: &str, item: u32, start: Instant)
     record
 }
 
-/// The outcome of one timed phase.
-struct PhaseOutcome {
-    records: Vec<Record>,
-    elapsed_s: f64,
-    client_cpu_s: f64,
-    /// Stopped at the deadline with items left.
-    truncated: bool,
-}
-
-impl PhaseOutcome {
-    fn latency(&self) -> Histogram {
-        let h = Histogram::new();
-        for r in &self.records {
-            h.record(r.latency_us);
-        }
-        h
-    }
-
-    fn client_cores(&self) -> f64 {
-        self.client_cpu_s / self.elapsed_s.max(1e-9)
-    }
-}
-
-/// Runs `items` work items with `concurrency` workers, each looping over the next item
-/// on its own keep-alive client, until all are done or `limit` has passed.
-async fn run_phase<F, Fut>(
-    prefix: Option<&'static str>,
-    clients: &[reqwest::Client],
-    concurrency: usize,
-    items: usize,
-    limit: Duration,
-    work: F,
-) -> PhaseOutcome
-where
-    F: Fn(reqwest::Client, u32, Instant) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Vec<Record>> + Send + 'static,
-{
-    let work = Arc::new(work);
-    let next = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let bar = prefix.map(|p| report::bar(items as u64, p));
-    let cpu_before = common::client_cpu_s();
-    let start = Instant::now();
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut workers = JoinSet::new();
-    for w in 0..concurrency.min(items) {
-        let client = clients[w % clients.len()].clone();
-        let (work, next, done) = (work.clone(), next.clone(), done.clone());
-        workers.spawn(async move {
-            let mut out = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= items {
-                    return (out, false);
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return (out, true);
-                }
-                out.extend(work(client.clone(), i as u32, start).await);
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
-    // Every request times out after HTTP_TIMEOUT (and replays double it), so workers end
-    // by then; the guard is for safety.
-    let hard_stop = deadline + 2 * HTTP_TIMEOUT + Duration::from_secs(5);
-    let mut records = Vec::with_capacity(items);
-    let mut truncated = false;
-    loop {
-        tokio::select! {
-            joined = workers.join_next() => match joined {
-                None => break,
-                Some(Ok((out, cut))) => {
-                    records.extend(out);
-                    truncated |= cut;
-                }
-                Some(Err(_)) => truncated = true,
-            },
-            () = tokio::time::sleep(Duration::from_millis(200)) => {
-                if let Some(bar) = &bar {
-                    bar.set_position(done.load(Ordering::Relaxed));
-                }
-                if tokio::time::Instant::now() >= hard_stop {
-                    workers.abort_all();
-                    truncated = true;
-                }
-            }
-        }
-    }
-    let elapsed_s = start.elapsed().as_secs_f64();
-    let client_cpu_s = common::client_cpu_s() - cpu_before;
-    if let Some(bar) = bar {
-        bar.set_position(done.load(Ordering::Relaxed));
-        bar.finish();
-    }
-    if truncated {
-        report::note(
-            None,
-            format!(
-                "{}: stopped at --duration-limit ({} s) with {} of {items} items done",
-                prefix.unwrap_or("warm-up"),
-                limit.as_secs(),
-                done.load(Ordering::Relaxed)
-            ),
-        );
-    }
-    PhaseOutcome {
-        records,
-        elapsed_s,
-        client_cpu_s,
-        truncated,
-    }
-}
-
-/// Keep-alive HTTP/1.1 clients, one per source address, together pooling `concurrency`
-/// connections.
-fn http_clients(
-    target: &Target,
-    source_ips: u32,
-    concurrency: usize,
-) -> anyhow::Result<Vec<reqwest::Client>> {
-    let sources: Vec<Option<std::net::IpAddr>> = match target.source_ips(source_ips) {
-        ips if ips.is_empty() => vec![None],
-        ips => ips.into_iter().map(Some).collect(),
-    };
-    let per_client = concurrency.div_ceil(sources.len()) + 8;
-    sources
-        .into_iter()
-        .map(|ip| {
-            reqwest::Client::builder()
-                .http1_only()
-                .timeout(HTTP_TIMEOUT)
-                .connect_timeout(Duration::from_secs(5))
-                .pool_max_idle_per_host(per_client)
-                .pool_idle_timeout(Duration::from_secs(300))
-                .tcp_nodelay(true)
-                .local_address(ip)
-                .no_proxy()
-                .build()
-                .context("cannot build the HTTP client")
-        })
-        .collect()
-}
-
-fn round2(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
-}
-
-fn per_s(count: u64, seconds: f64) -> f64 {
-    round2(count as f64 / seconds.max(1e-9))
-}
-
-/// Reads the sale.
-async fn sale_state(api: &Api, sale_id: &str) -> anyhow::Result<SaleState> {
-    let value = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/flash-sales/{sale_id}"),
-            None,
-        )
-        .await?;
-    serde_json::from_value(value).context("the sale's answer is not a Sale")
-}
-
 /// Reads the whole allocation list, page by page (at most `max_pages`).
-async fn allocations(api: &Api, sale_id: &str, max_pages: u64) -> anyhow::Result<Vec<Allocation>> {
+pub async fn allocations(
+    api: &Api,
+    sale_id: &str,
+    max_pages: u64,
+) -> anyhow::Result<Vec<Allocation>> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..max_pages {
@@ -1219,65 +1037,25 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
         &target,
         Some(minter.token(&streamer, "Load-test streamer", &["streamer"])?),
     )?;
-    let server_engine = owner
-        .call(reqwest::Method::GET, "/readyz", None)
-        .await
-        .ok()
-        .map(|r| {
-            if r.pointer("/checks/redis").is_some() {
-                "redis".to_owned()
-            } else {
-                "memory".to_owned()
-            }
-        });
+    let server_engine = owner.server_engine().await;
 
     // Setup: a product in the bag of a live room, and the sale.
-    let product_id = owner
-        .create_product(&format!("lt-flash-{run_id}"))
-        .await
-        .context("setup: creating the product (is --jwt-secret the server's secret?)")?;
-    let room_id = owner
-        .create_live_room(
-            &format!("Flash-sale load test {run_id}"),
-            std::slice::from_ref(&product_id),
-        )
-        .await
-        .context("setup: creating and starting the room")?;
-    let sale = owner
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/v1/rooms/{room_id}/flash-sales"),
-            Some(json!({
-                "product_id": product_id,
-                "price": args.price,
-                "stock": args.stock,
-                "per_user_limit": args.per_user_limit,
+    let setup = owner
+        .setup_sale(
+            &run_id,
+            "flash",
+            "Flash-sale load test",
+            &SaleSpec {
+                price: args.price,
+                stock: args.stock,
+                per_user_limit: args.per_user_limit,
                 // Long enough for every phase at its limit.
-                "duration_s": 4 * args.duration_limit + 600,
-                "hold_ttl_s": args.hold_ttl_s,
-            })),
+                duration_s: 4 * args.duration_limit + 600,
+                hold_ttl_s: args.hold_ttl_s,
+            },
         )
-        .await
-        .context("setup: creating the flash sale")?;
-    let sale_id = sale
-        .get("id")
-        .and_then(|v| v.as_str())
-        .with_context(|| format!("the created sale has no id: {sale}"))?
-        .to_owned();
-    let live_by = Instant::now() + Duration::from_secs(5);
-    loop {
-        let state = sale_state(&owner, &sale_id).await?;
-        if state.status == "live" {
-            break;
-        }
-        if Instant::now() >= live_by {
-            bail!(
-                "sale {sale_id} is {:?}, not live, 5 s after its creation",
-                state.status
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .await?;
+    let (sale_id, room_id) = (setup.sale_id.clone(), setup.room_id.clone());
 
     // Buyers' tokens and the plan, before any timing.
     let user_prefix = format!("lt-buyer-{run_id}-");
@@ -1289,12 +1067,7 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
             n(args.buyers)
         ),
     );
-    let mut auth = Vec::with_capacity(args.buyers as usize);
-    for buyer in 0..args.buyers as u32 {
-        let token = minter.token(&user_of(buyer), &format!("buyer {buyer}"), &["viewer"])?;
-        auth.push(HeaderValue::from_str(&format!("Bearer {token}")).context("token header")?);
-    }
-    let auth = Arc::new(auth);
+    let auth = Arc::new(common::mint_bearers(&minter, args.buyers, &user_of)?);
     let storm_plan = plan(
         args.buyers,
         args.keys_per_buyer,
@@ -1389,7 +1162,8 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
     }
 
     // S2: more reservations once sold out.
-    let after_storm = sale_state(&owner, &sale_id)
+    let after_storm = owner
+        .sale_state(&sale_id)
         .await
         .context("reading the sale after the storm")?;
     let mut sold_out_phase = SoldOutPhase::default();
@@ -1449,7 +1223,8 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
     }
 
     // The sale's counters and allocation list against what buyers were told.
-    let final_sale = sale_state(&owner, &sale_id)
+    let final_sale = owner
+        .sale_state(&sale_id)
         .await
         .context("reading the sale after the run")?;
     let units_told = storm_tally.units_held + so_tally.units_held;
@@ -1481,19 +1256,7 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
     let allocations_read_after_ms = read_from.elapsed().as_millis() as u64;
 
     // Cleanup: end the sale and the room.
-    if let Err(e) = owner
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/v1/flash-sales/{sale_id}/end"),
-            None,
-        )
-        .await
-    {
-        report::note(None, format!("could not end sale {sale_id}: {e:#}"));
-    }
-    if let Err(e) = owner.end_room(&room_id).await {
-        report::note(None, format!("could not end room {room_id}: {e:#}"));
-    }
+    owner.end_sale_and_room(&setup).await;
 
     let sold_out_rejections_per_s = so_outcome
         .as_ref()
@@ -1591,6 +1354,7 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// The names PERFORMANCE.md fixes for S3, and the S2 figure.
     const S3_FIGURES: [&str; 17] = [

@@ -12,11 +12,15 @@
 //! - `flash-sale` (S3, S2): a reservation storm on one flash sale through HTTP, checked
 //!   for overselling, per-user limits and idempotency, against `GET /healthz` with the
 //!   same client; then the rejection rate once the sale is sold out.
+//! - `checkout` (O1): pays holds through `POST /api/v1/holds/{id}/checkout` as fast as
+//!   the server takes them; measures paid orders per second and checks the room's order
+//!   export for lost and duplicated orders.
 //!
 //! `--json` prints one summary object on stdout; progress bars and a human table go to
 //! stderr. Every run also reports this process's own CPU time and marks a run whose
 //! client used more than 90% of a core as `client_bound`.
 
+mod checkout;
 mod common;
 mod fanout;
 mod flash;
@@ -44,6 +48,8 @@ enum Command {
     Idle(idle::IdleArgs),
     /// S3 and S2: flash-sale reservation storm through HTTP, then rejections once sold out.
     FlashSale(flash::FlashSaleArgs),
+    /// O1: paid orders persisted per second through checkout (group commit).
+    Checkout(checkout::CheckoutArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +69,7 @@ fn main() -> ExitCode {
             Command::Fanout(args) => fanout::run(args).await,
             Command::Idle(args) => idle::run(args).await,
             Command::FlashSale(args) => flash::run(args).await,
+            Command::Checkout(args) => checkout::run(args).await,
         }
     });
     // Connection tasks are aborted by the scenarios; do not wait on stragglers.
@@ -155,6 +162,26 @@ mod tests {
             (3, 600, 60)
         );
         assert_eq!((s.retries, s.sold_out_phase), (0.2, 0));
+        let cli = Cli::try_parse_from([
+            "harvest-loadtest",
+            "checkout",
+            "--orders",
+            "1000",
+            "--buyers",
+            "100",
+            "--concurrency",
+            "64",
+            "--database",
+            "sqlite",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Checkout(c) = cli.command else {
+            panic!("not checkout")
+        };
+        assert_eq!((c.orders, c.buyers, c.concurrency), (1000, Some(100), 64));
+        assert_eq!(c.database.as_deref(), Some("sqlite"));
+        assert!(c.json);
     }
 
     impl Cli {
