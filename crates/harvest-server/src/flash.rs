@@ -682,14 +682,11 @@ impl FlashSales {
                     .await;
             }
             SalePhase::Scheduled => {
-                let info = match self.inner.engine.sale(&row.id).await {
-                    Ok(info) => info,
-                    Err(e) => {
-                        if is_lost(&e) {
-                            let _ = self.restore(entry).await;
-                        }
-                        return;
-                    }
+                let Some(info) = self
+                    .or_rebuild(entry, self.inner.engine.sale(&row.id).await)
+                    .await
+                else {
+                    return;
                 };
                 match self
                     .inner
@@ -726,15 +723,12 @@ impl FlashSales {
                     return;
                 }
                 entry.dirty.store(false, Ordering::Release);
-                let counts = match self.inner.engine.counts(&row.id).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        entry.dirty.store(true, Ordering::Release);
-                        if is_lost(&e) {
-                            let _ = self.restore(entry).await;
-                        }
-                        return;
-                    }
+                let Some(counts) = self
+                    .or_rebuild(entry, self.inner.engine.counts(&row.id).await)
+                    .await
+                else {
+                    entry.dirty.store(true, Ordering::Release);
+                    return;
                 };
                 self.announce_stock(&row, counts, &mut announced).await;
             }
@@ -772,14 +766,11 @@ impl FlashSales {
         from: SalePhase,
         announced: &mut Announced,
     ) {
-        let counts = match self.inner.engine.counts(&row.id).await {
-            Ok(c) => c,
-            Err(e) => {
-                if is_lost(&e) {
-                    let _ = self.restore(entry).await;
-                }
-                return;
-            }
+        let Some(counts) = self
+            .or_rebuild(entry, self.inner.engine.counts(&row.id).await)
+            .await
+        else {
+            return;
         };
         match self
             .inner
@@ -805,6 +796,20 @@ impl FlashSales {
             }
             Ok(false) => self.reload(entry).await,
             Err(e) => tracing::warn!(sale_id = %row.id, error = %e, "cannot end the sale"),
+        }
+    }
+
+    /// The engine's answer; `None` when it failed, after starting a rebuild if the
+    /// engine lost the sale (the next driver tick tries again).
+    async fn or_rebuild<T>(&self, entry: &SaleEntry, answer: Result<T, StockError>) -> Option<T> {
+        match answer {
+            Ok(v) => Some(v),
+            Err(e) => {
+                if is_lost(&e) {
+                    let _ = self.restore(entry).await;
+                }
+                None
+            }
         }
     }
 
