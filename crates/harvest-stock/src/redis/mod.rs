@@ -234,6 +234,10 @@ impl RedisEngine {
         {
             return Ok(None);
         }
+        // Registered again after the rebuild too: a sweep that found the sale lost
+        // between the first registration and the rebuild has dropped it from the set.
+        self.query(redis::cmd("SADD").arg(self.sales_set()).arg(sale_id))
+            .await?;
         // Make every restored hold findable by id again.
         for chunk in record.holds.chunks(4096) {
             let mut pipe = redis::Pipeline::with_capacity(INDEX_BUCKETS);
@@ -1085,8 +1089,7 @@ impl StockEngine for RedisEngine {
             match self.sweep_sale(&sale_id, now_ms, room, &mut out).await {
                 Ok(()) => {}
                 // A lost sale must not stop the sweep of the others: it is skipped
-                // until it is rebuilt (`restore_sale`). It stays in the set, since
-                // dropping it could race with a rebuild on another node.
+                // until it is rebuilt (`restore_sale` registers it again).
                 Err(StockError::SaleStateLost { .. }) => {}
                 Err(e) if out.is_empty() => return Err(e),
                 Err(e) => {
