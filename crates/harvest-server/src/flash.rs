@@ -490,15 +490,9 @@ impl FlashSales {
             return Ok(Some(Err(reject_error(Reject::IdempotencyKeyReused))));
         }
         let first = Hold {
-            hold_id: stored.id,
-            sale_id: stored.sale_id,
-            user_id: stored.user_id,
-            quantity: u32::try_from(stored.quantity).unwrap_or(u32::MAX),
-            position: u64::try_from(stored.position).unwrap_or(0),
-            created_at_ms: stored.created_at,
-            expires_at_ms: stored.expires_at,
             // A replay answers the hold as it was first answered.
             status: HoldStatus::Held,
+            ..stored_hold(stored)
         };
         Ok(Some(Ok(hold_view(row, &first, None))))
     }
@@ -558,22 +552,8 @@ impl FlashSales {
                     Err(e) => return Err(e.into()),
                 };
                 let row = self.entry(&stored.sale_id).await?.row();
-                let hold = Hold {
-                    hold_id: stored.id,
-                    sale_id: stored.sale_id,
-                    user_id: stored.user_id,
-                    quantity: u32::try_from(stored.quantity).unwrap_or(u32::MAX),
-                    position: u64::try_from(stored.position).unwrap_or(0),
-                    created_at_ms: stored.created_at,
-                    expires_at_ms: stored.expires_at,
-                    status: match stored.status.as_str() {
-                        "held" => HoldStatus::Held,
-                        "paid" => HoldStatus::Paid,
-                        "released" => HoldStatus::Released,
-                        _ => HoldStatus::Expired,
-                    },
-                };
-                Ok((row, hold, stored.order_id))
+                let order_id = stored.order_id.clone();
+                Ok((row, stored_hold(stored), order_id))
             }
             Err(e) => Err(stock_error(e)),
         }
@@ -976,24 +956,17 @@ pub async fn sale_record(store: &Store, row: &SaleRow) -> Result<SaleRecord, Sto
         .collect();
     let holds = holds
         .into_iter()
-        .map(|h| Hold {
-            status: if paid.contains(&h.id) {
-                HoldStatus::Paid
-            } else {
-                match h.status.as_str() {
-                    "held" => HoldStatus::Held,
-                    "paid" => HoldStatus::Paid,
-                    "released" => HoldStatus::Released,
-                    _ => HoldStatus::Expired,
+        .map(|h| {
+            let has_order = paid.contains(&h.id);
+            let hold = stored_hold(h);
+            if has_order {
+                Hold {
+                    status: HoldStatus::Paid,
+                    ..hold
                 }
-            },
-            quantity: u32::try_from(h.quantity).unwrap_or(u32::MAX),
-            position: u64::try_from(h.position).unwrap_or(0),
-            created_at_ms: h.created_at,
-            expires_at_ms: h.expires_at,
-            hold_id: h.id,
-            sale_id: h.sale_id,
-            user_id: h.user_id,
+            } else {
+                hold
+            }
         })
         .collect();
     Ok(SaleRecord {
@@ -1002,6 +975,25 @@ pub async fn sale_record(store: &Store, row: &SaleRow) -> Result<SaleRecord, Sto
         holds,
         sold_by_user,
     })
+}
+
+/// A hold as SQL stored it, in the engine's terms.
+fn stored_hold(h: HoldRow) -> Hold {
+    Hold {
+        status: match h.status.as_str() {
+            "held" => HoldStatus::Held,
+            "paid" => HoldStatus::Paid,
+            "released" => HoldStatus::Released,
+            _ => HoldStatus::Expired,
+        },
+        quantity: u32::try_from(h.quantity).unwrap_or(u32::MAX),
+        position: u64::try_from(h.position).unwrap_or(0),
+        created_at_ms: h.created_at,
+        expires_at_ms: h.expires_at,
+        hold_id: h.id,
+        sale_id: h.sale_id,
+        user_id: h.user_id,
+    }
 }
 
 /// Whether an engine error means the engine does not have the sale's state.
