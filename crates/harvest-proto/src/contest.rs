@@ -65,6 +65,61 @@ impl Metric {
     }
 }
 
+/// Lifecycle of a contest, following the clock: `scheduled` before `starts_at`, `live`
+/// until `ends_at`, `ended` until it settles (by the organizer, or by itself at
+/// `ends_at + settle_grace_s`), then `settled` with frozen results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ContestStatus {
+    #[default]
+    Scheduled,
+    Live,
+    Ended,
+    Settled,
+}
+
+impl ContestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Live => "live",
+            Self::Ended => "ended",
+            Self::Settled => "settled",
+        }
+    }
+}
+
+/// A contestant of a contest: a name, an owner streamer, member user ids and rooms.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ContestParticipant {
+    pub id: String,
+    pub name: String,
+    /// The streamer who owns the participant's rooms.
+    pub owner_id: String,
+    /// Team members; their purchases count as self-purchases.
+    pub member_ids: Vec<String>,
+    pub room_ids: Vec<String>,
+}
+
+/// A contest (`POST /api/v1/contests`, `GET /api/v1/contests/{id}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Contest {
+    pub id: String,
+    pub organizer_id: String,
+    pub title: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub settle_grace_s: i64,
+    pub participants: Vec<ContestParticipant>,
+    /// The scoring rules with every default filled in.
+    #[schema(value_type = Object)]
+    pub scoring: serde_json::Value,
+    pub status: ContestStatus,
+    pub created_at: DateTime<Utc>,
+    /// When the results were frozen; null until settled.
+    pub settled_at: Option<DateTime<Utc>>,
+}
+
 /// Lifecycle of a PK match: `scheduled → live → ended`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

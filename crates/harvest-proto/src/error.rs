@@ -37,6 +37,9 @@ pub enum ErrorCode {
     AlreadyRefunded,
     AmountMismatch,
     InvalidSignature,
+    InvalidRules,
+    TooEarly,
+    ParticipantBusy,
 }
 
 impl ErrorCode {
@@ -72,6 +75,9 @@ impl ErrorCode {
             Self::AlreadyRefunded => "already_refunded",
             Self::AmountMismatch => "amount_mismatch",
             Self::InvalidSignature => "invalid_signature",
+            Self::InvalidRules => "invalid_rules",
+            Self::TooEarly => "too_early",
+            Self::ParticipantBusy => "participant_busy",
         }
     }
 
@@ -98,9 +104,11 @@ impl ErrorCode {
             | Self::HoldExpired
             | Self::HoldReleased
             | Self::AlreadyRefunded
-            | Self::AmountMismatch => 409,
+            | Self::AmountMismatch
+            | Self::TooEarly
+            | Self::ParticipantBusy => 409,
             Self::InvalidSignature => 401,
-            Self::InvalidQuantity | Self::MissingIdempotencyKey => 400,
+            Self::InvalidQuantity | Self::MissingIdempotencyKey | Self::InvalidRules => 400,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::RateLimited => 429,
@@ -140,6 +148,9 @@ impl ErrorCode {
         Self::AlreadyRefunded,
         Self::AmountMismatch,
         Self::InvalidSignature,
+        Self::InvalidRules,
+        Self::TooEarly,
+        Self::ParticipantBusy,
     ];
 }
 

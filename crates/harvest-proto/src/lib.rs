@@ -21,8 +21,8 @@ pub use commerce::{
     Allocation, AllocationList, Hold, HoldStatus, Order, OrderStatus, Sale, SaleList, SaleStatus,
 };
 pub use contest::{
-    Audit, AuditRow, CountedOrder, ExcludedOrder, ExclusionReason, Match, MatchStatus, Metric,
-    Metrics, Score, Standings, StandingsRow,
+    Audit, AuditRow, Contest, ContestParticipant, ContestStatus, CountedOrder, ExcludedOrder,
+    ExclusionReason, Match, MatchStatus, Metric, Metrics, Score, Standings, StandingsRow,
 };
 pub use error::{ErrorBody, ErrorCode, ErrorObject};
 pub use types::*;

@@ -24,7 +24,7 @@ use crate::error::{ApiError, code_for_status};
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
 use crate::redis_check::RedisCheck;
-use crate::routes::{live, ops, orders, products, rooms, sales};
+use crate::routes::{contests, live, ops, orders, products, rooms, sales};
 use crate::state::AppState;
 
 /// Connects and migrates the store, prepares auth and the Redis check.
@@ -60,10 +60,18 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     let flash = crate::flash::FlashSales::start(&settings, store.clone(), live.clone())
         .await
         .context("cannot start the flash-sale engine")?;
-    let payments =
-        crate::payments::Payments::start(&settings, store.clone(), flash.clone(), live.clone())
-            .await
-            .context("cannot start the payment service")?;
+    let contests = crate::contests::Contests::start(store.clone(), live.clone())
+        .await
+        .context("cannot start the contests")?;
+    let payments = crate::payments::Payments::start(
+        &settings,
+        store.clone(),
+        flash.clone(),
+        live.clone(),
+        contests.clone(),
+    )
+    .await
+    .context("cannot start the payment service")?;
     spawn_event_retention(store.clone(), settings.event_retention_days);
     Ok(AppState::new(
         Arc::new(settings),
@@ -74,6 +82,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         live,
         flash,
         payments,
+        contests,
     ))
 }
 
@@ -156,6 +165,14 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(orders::get_order))
         .routes(routes!(orders::refund))
         .routes(routes!(orders::room_orders))
+        .routes(routes!(contests::create_contest))
+        .routes(routes!(contests::get_contest))
+        .routes(routes!(contests::create_match))
+        .routes(routes!(contests::get_match))
+        .routes(routes!(contests::put_judge_scores))
+        .routes(routes!(contests::get_standings))
+        .routes(routes!(contests::settle))
+        .routes(routes!(contests::get_audit))
         .routes(routes!(live::room_events))
         .routes(routes!(live::room_stats))
         .routes(routes!(live::mute))

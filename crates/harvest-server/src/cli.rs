@@ -1,4 +1,5 @@
-//! The `harvest` command line: `serve`, `migrate`, `token`, `config`, `reconcile`.
+//! The `harvest` command line: `serve`, `migrate`, `token`, `config`, `reconcile`,
+//! `contest replay`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -47,7 +48,30 @@ pub enum Command {
     /// Compare the stock engine with the SQL record; print each drift; exit 0 when
     /// nothing drifts.
     Reconcile(ReconcileArgs),
+    /// Contest tools.
+    #[command(subcommand)]
+    Contest(ContestCommand),
 }
+
+#[derive(Debug, Subcommand)]
+pub enum ContestCommand {
+    /// Recompute a settled contest's results from the stored event log; print
+    /// `identical` (exit 0) or every difference (exit 1).
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The contest id.
+    pub id: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `harvest contest replay` found differences (exit status 1).
+#[derive(Debug, thiserror::Error)]
+#[error("the replayed results differ from the stored ones in {0} places")]
+pub struct ReplayDiffers(pub usize);
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
@@ -185,6 +209,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             } else {
                 Err(ReconcileDrift(report.drifts.len()).into())
+            }
+        }
+        Command::Contest(ContestCommand::Replay(args)) => {
+            let settings = args.common.settings()?;
+            crate::telemetry::init(settings.log_format);
+            let store = harvest_store::Store::connect(
+                settings.database_url.expose(),
+                harvest_store::StoreOptions::default(),
+            )
+            .await?;
+            store.migrate().await?;
+            let replay = crate::contests::replay(&store, &args.id).await;
+            store.close().await;
+            let replay = replay?;
+            if replay.differences.is_empty() {
+                println!("identical");
+                eprintln!(
+                    "contest {}: {} events replayed; results settled at {} reproduced exactly",
+                    replay.contest_id,
+                    replay.events,
+                    replay.settled_at.to_rfc3339()
+                );
+                Ok(())
+            } else {
+                for d in &replay.differences {
+                    println!("{d}");
+                }
+                Err(ReplayDiffers(replay.differences.len()).into())
             }
         }
     }

@@ -133,3 +133,22 @@ pub fn code_for_status(status: StatusCode) -> ErrorCode {
         _ => ErrorCode::Internal,
     }
 }
+
+impl From<harvest_contest::ContestError> for ApiError {
+    fn from(err: harvest_contest::ContestError) -> Self {
+        use harvest_contest::ContestError;
+        let code = match &err {
+            ContestError::BadRequest { .. } => ErrorCode::BadRequest,
+            ContestError::InvalidRules(_) => ErrorCode::InvalidRules,
+            ContestError::TooEarly { .. } => ErrorCode::TooEarly,
+        };
+        let details = match err.details() {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        Self {
+            details,
+            ..Self::new(code, err.to_string())
+        }
+    }
+}

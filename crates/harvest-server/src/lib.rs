@@ -11,6 +11,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod contests;
 pub mod error;
 pub mod extract;
 pub mod flash;

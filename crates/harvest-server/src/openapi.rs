@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         (name = "operations", description = "health, readiness, metrics"),
         (name = "products", description = "the catalogue"),
         (name = "rooms", description = "live-stream rooms, their product bag and pin"),
+        (name = "contests", description = "livestream PK contests: matches, judges, standings, settlement, audit"),
         (name = "live", description = "the room event log, stats, moderation and the WebSocket"),
     )
 )]

@@ -30,6 +30,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::config::Settings;
+use crate::contests::Contests;
 use crate::error::ApiError;
 use crate::flash::{FlashSales, hold_row, stock_error};
 use crate::live::Live;
@@ -51,6 +52,7 @@ struct Inner {
     store: Store,
     flash: FlashSales,
     live: Live,
+    contests: Contests,
     writer: mpsc::Sender<WriteReq>,
     journal: Journal,
     /// Orders journaled and not yet in SQL, by hold id (answers repeats meanwhile).
@@ -107,6 +109,7 @@ impl Payments {
         store: Store,
         flash: FlashSales,
         live: Live,
+        contests: Contests,
     ) -> anyhow::Result<Self> {
         let journal = match &settings.redis_url {
             Some(url) => {
@@ -129,6 +132,7 @@ impl Payments {
                 store,
                 flash,
                 live,
+                contests,
                 writer: tx,
                 journal,
                 journaled: DashMap::new(),
@@ -303,6 +307,7 @@ impl Payments {
     /// `order.placed` to the room, `order.paid` to the buyer.
     async fn announce(&self, paid: &PaidOrder) {
         let o = &paid.order;
+        self.inner.contests.order_paid(o);
         if let Err(e) = self
             .inner
             .live
@@ -350,6 +355,9 @@ impl Payments {
             self.inner.store.record_orders(&orders).await?;
             self.inner.journal.remove(&batch).await?;
             for p in &orders {
+                // The live contests saw it when it was paid; after a restart they see
+                // it now (a repeat is ignored).
+                self.inner.contests.order_paid(&p.order);
                 self.inner.journaled.remove(&p.order.hold_id);
             }
             total += batch.len();

@@ -35,6 +35,7 @@ pub struct Components {
     pub live: crate::live::Live,
     pub flash: crate::flash::FlashSales,
     pub payments: crate::payments::Payments,
+    pub contests: crate::contests::Contests,
     shutting_down: AtomicBool,
 }
 
@@ -50,6 +51,7 @@ impl AppState {
         live: crate::live::Live,
         flash: crate::flash::FlashSales,
         payments: crate::payments::Payments,
+        contests: crate::contests::Contests,
     ) -> Self {
         let components = Components {
             settings,
@@ -60,6 +62,7 @@ impl AppState {
             live,
             flash,
             payments,
+            contests,
             shutting_down: AtomicBool::new(false),
         };
         Self {

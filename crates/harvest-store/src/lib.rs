@@ -10,6 +10,7 @@
 //! minor units. Every call is bounded by a timeout so a hung database turns into
 //! [`StoreError::Unavailable`], never a hung request.
 
+mod contests;
 mod error;
 mod events;
 mod moderation;
@@ -19,6 +20,9 @@ mod rooms;
 mod sales;
 mod store;
 
+pub use contests::{
+    ContestRow, JudgeEntryRow, LikeTally, MatchPhase, MatchRow, NewContest, NewMatch,
+};
 pub use error::StoreError;
 pub use events::RoomEventRecord;
 pub use orders::{OrderStats, PaidOrder};

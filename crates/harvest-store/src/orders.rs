@@ -39,10 +39,10 @@ pub struct OrderStats {
     pub refunds: i64,
 }
 
-const ORDER_COLUMNS: &str = "id, hold_id, sale_id, room_id, product_id, buyer_id, quantity, \
+pub(crate) const ORDER_COLUMNS: &str = "id, hold_id, sale_id, room_id, product_id, buyer_id, quantity, \
      unit_price, amount, currency, status, paid_at, refunded_at";
 
-fn order_from_row(row: &AnyRow) -> Result<Order, sqlx::Error> {
+pub(crate) fn order_from_row(row: &AnyRow) -> Result<Order, sqlx::Error> {
     let status: String = row.try_get("status")?;
     Ok(Order {
         id: row.try_get("id")?,

@@ -326,6 +326,7 @@ fn handle_bytes(
             if let Some(room) = live.hub.existing_room(room_id) {
                 room.add_likes(u64::from(like.count));
             }
+            state.contests.like(room_id, u64::from(like.count));
             Ok(())
         }
         ClientFrame::ChatSend(chat) => {

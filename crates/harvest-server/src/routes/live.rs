@@ -42,8 +42,8 @@ pub async fn snapshot(
         pinned_product,
         products,
         sales: state.flash.room_sales(&room.id).await?,
-        r#match: None,
-        standings: Vec::new(),
+        r#match: state.contests.room_match(&room.id),
+        standings: state.contests.room_standings(&room.id),
         recent_chat: state.live.recent_chat(&room.id),
         room,
     })

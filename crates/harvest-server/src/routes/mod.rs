@@ -2,6 +2,7 @@
 //! description (`#[utoipa::path]`), so `/openapi.json` documents exactly the routes
 //! that exist.
 
+pub mod contests;
 pub mod live;
 pub mod ops;
 pub mod orders;

@@ -432,6 +432,7 @@ pub async fn refund(
         .store
         .refund_order(&id, &reason, harvest_hub::now_ms())
         .await?;
+    state.contests.order_refunded(&refunded);
     Ok(axum::Json(refunded))
 }
 
