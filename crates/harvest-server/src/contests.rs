@@ -617,13 +617,14 @@ impl Contests {
             }
         }
         let now = now_ms();
-        let at = match open
-            .last_judge_ms
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
-                Some(now.max(last + 1))
-            }) {
-            Ok(last) | Err(last) => now.max(last + 1),
-        };
+        let at =
+            match open
+                .last_judge_ms
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                    Some(now.max(last + 1))
+                }) {
+                Ok(last) | Err(last) => now.max(last + 1),
+            };
         let text = serde_json::to_string(&scores).map_err(|e| internal("judge scores", e))?;
         self.inner
             .store

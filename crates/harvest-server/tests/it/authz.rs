@@ -50,6 +50,14 @@ struct Fixture {
     hold: String,
     /// An order of the viewer's in that sale.
     order: String,
+    /// A live contest of `organizer-1` between the room and three other streamers'
+    /// rooms; `participants[0]` owns the room.
+    contest: String,
+    participants: Vec<String>,
+    /// Rooms of the four participants, in order.
+    contest_rooms: Vec<(String, String)>,
+    /// A running match between the first two participants.
+    pk: String,
 }
 
 async fn fixture(app: &TestApp) -> Fixture {
@@ -107,6 +115,40 @@ async fn fixture(app: &TestApp) -> Fixture {
         .await;
     order.assert_status(200);
     let order = order.body["id"].as_str().unwrap().to_owned();
+    let mut contest_rooms = vec![("owner".to_owned(), room.clone())];
+    for other in ["other-streamer", "peach-coop", "veg-coop"] {
+        let token = app.streamer(other);
+        let r = app.create_room(&token, other).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        contest_rooms.push((other.to_owned(), r));
+    }
+    let organizer = app.organizer("organizer-1");
+    let contest = app
+        .post(
+            "/api/v1/contests",
+            Some(&organizer),
+            &contest_body(&contest_rooms),
+        )
+        .await;
+    contest.assert_status(201);
+    let participants: Vec<String> = contest.body["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    let contest = contest.body["id"].as_str().unwrap().to_owned();
+    let pk = app
+        .post(
+            &format!("/api/v1/contests/{contest}/matches"),
+            Some(&organizer),
+            &json!({"participant_ids": [participants[0], participants[1]]}),
+        )
+        .await;
+    pk.assert_status(201);
+    let pk = pk.body["id"].as_str().unwrap().to_owned();
     Fixture {
         room,
         in_bag,
@@ -114,7 +156,27 @@ async fn fixture(app: &TestApp) -> Fixture {
         sale,
         hold,
         order,
+        contest,
+        participants,
+        contest_rooms,
+        pk,
     }
+}
+
+/// A contest body over `(owner, room)` pairs, live for the next hour.
+fn contest_body(rooms: &[(String, String)]) -> Value {
+    let now = chrono::Utc::now();
+    let participants: Vec<Value> = rooms
+        .iter()
+        .map(|(owner, room)| json!({"name": owner, "owner_id": owner, "room_ids": [room]}))
+        .collect();
+    json!({
+        "title": "authz contest",
+        "starts_at": (now - chrono::Duration::seconds(1)).to_rfc3339(),
+        "ends_at": (now + chrono::Duration::hours(1)).to_rfc3339(),
+        "participants": participants,
+        "scoring": {"metrics": [{"metric": "paid_gmv", "weight": 100}]},
+    })
 }
 
 struct Row {
@@ -379,6 +441,68 @@ fn rows() -> Vec<Row> {
             idempotent: false,
             expect: [401, 403, 200, 403, 200, 200],
         },
+        Row {
+            method: Method::POST,
+            path: |_| "/api/v1/contests".into(),
+            body: |f| Some(contest_body(&f.contest_rooms)),
+            idempotent: false,
+            expect: [401, 403, 403, 403, 201, 201],
+        },
+        Row {
+            method: Method::GET,
+            path: |f| format!("/api/v1/contests/{}", f.contest),
+            body: |_| None,
+            idempotent: false,
+            expect: public,
+        },
+        // Only the organizer who created the contest (or an admin) changes it.
+        Row {
+            method: Method::POST,
+            path: |f| format!("/api/v1/contests/{}/matches", f.contest),
+            body: |f| {
+                Some(
+                    json!({"participant_ids": [f.participants[2], f.participants[3]], "duration_s": 60}),
+                )
+            },
+            idempotent: false,
+            expect: [401, 403, 403, 403, 201, 201],
+        },
+        Row {
+            method: Method::GET,
+            path: |f| format!("/api/v1/matches/{}", f.pk),
+            body: |_| None,
+            idempotent: false,
+            expect: public,
+        },
+        Row {
+            method: Method::PUT,
+            path: |f| format!("/api/v1/contests/{}/judge-scores", f.contest),
+            body: |f| Some(json!({"judge": "li", "scores": {f.participants[0].clone(): 88}})),
+            idempotent: false,
+            expect: [401, 403, 403, 403, 204, 204],
+        },
+        Row {
+            method: Method::GET,
+            path: |f| format!("/api/v1/contests/{}/standings", f.contest),
+            body: |_| None,
+            idempotent: false,
+            expect: public,
+        },
+        // Allowed callers are told it is too early: the contest runs for another hour.
+        Row {
+            method: Method::POST,
+            path: |f| format!("/api/v1/contests/{}/settle", f.contest),
+            body: |_| None,
+            idempotent: false,
+            expect: [401, 403, 403, 403, 409, 409],
+        },
+        Row {
+            method: Method::GET,
+            path: |f| format!("/api/v1/contests/{}/audit", f.contest),
+            body: |_| None,
+            idempotent: false,
+            expect: [401, 403, 403, 403, 200, 200],
+        },
     ]
 }
 
@@ -424,6 +548,7 @@ async fn every_route_for_every_caller() {
                     401 => "unauthorized",
                     403 => "forbidden",
                     404 => "not_found",
+                    409 if path.ends_with("/settle") => "too_early",
                     _ => unreachable!(),
                 };
                 if r.error_code() != Some(code) {
@@ -465,6 +590,10 @@ async fn the_table_covers_every_documented_operation() {
         sale: "{sale}".into(),
         hold: "{hold}".into(),
         order: "{order}".into(),
+        contest: "{contest}".into(),
+        participants: vec!["{p}".into(); 4],
+        contest_rooms: Vec::new(),
+        pk: "{match}".into(),
     };
     let covered: Vec<(String, String)> = rows()
         .iter()
