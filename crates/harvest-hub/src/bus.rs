@@ -20,12 +20,13 @@ pub enum BusError {
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Appends a room event to the room's log, assigning the next `seq`, and delivers it
-    /// to the room's sessions (on every node). Returns the encoded event.
+    /// to the room's sessions (on every node). Returns the epoch it was appended in and
+    /// the encoded event.
     async fn append(
         &self,
         room: &Arc<RoomChannel>,
         event: &dyn Encode,
-    ) -> Result<Arc<Encoded>, BusError>;
+    ) -> Result<(String, Arc<Encoded>), BusError>;
 
     /// Delivers a social event (chat, likes, viewer counts) to the room's sessions on
     /// every node; social events are best-effort and carry no `seq`.
@@ -43,10 +44,10 @@ impl Bus for LocalBus {
         &self,
         room: &Arc<RoomChannel>,
         event: &dyn Encode,
-    ) -> Result<Arc<Encoded>, BusError> {
-        let (encoded, fanout) = room.publish(event);
+    ) -> Result<(String, Arc<Encoded>), BusError> {
+        let (epoch, encoded, fanout) = room.publish(event);
         crate::hub::record(crate::Lane::Room, 1, fanout);
-        Ok(encoded)
+        Ok((epoch, encoded))
     }
 
     fn social(&self, room: &Arc<RoomChannel>, kind: SocialKind, event: &dyn Encode) {

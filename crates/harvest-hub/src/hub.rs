@@ -156,6 +156,11 @@ impl Hub {
 
     /// The room's channel, created on first use from `init` (called only when the room
     /// is not yet open on this node).
+    /// The bus room events go through.
+    pub fn bus(&self) -> &Arc<dyn crate::Bus> {
+        &self.inner.bus
+    }
+
     pub fn room_with(&self, room_id: &str, init: impl FnOnce() -> RoomInit) -> Arc<RoomChannel> {
         if let Some(room) = self.inner.rooms.get(room_id) {
             return room.clone();
@@ -270,6 +275,15 @@ impl Hub {
         room_id: &str,
         event: &dyn Encode,
     ) -> Result<Arc<Encoded>, crate::BusError> {
+        Ok(self.publish_in_epoch(room_id, event).await?.1)
+    }
+
+    /// Like [`Hub::publish`], also returning the epoch the event was appended in.
+    pub async fn publish_in_epoch(
+        &self,
+        room_id: &str,
+        event: &dyn Encode,
+    ) -> Result<(String, Arc<Encoded>), crate::BusError> {
         let room = self.room(room_id);
         self.inner.bus.append(&room, event).await
     }
@@ -278,6 +292,14 @@ impl Hub {
     pub fn social(&self, room_id: &str, kind: SocialKind, event: &dyn Encode) {
         if let Some(room) = self.existing_room(room_id) {
             self.inner.bus.social(&room, kind, event);
+        }
+    }
+
+    /// Delivers a social event to the room's sessions on this node only (what a shared
+    /// bus does with a social event that arrived from the network).
+    pub fn social_local(&self, room_id: &str, kind: SocialKind, event: &dyn Encode) {
+        if let Some(room) = self.existing_room(room_id) {
+            crate::Bus::social(&crate::LocalBus, &room, kind, event);
         }
     }
 

@@ -39,7 +39,7 @@ pub use hub::{
     new_epoch,
 };
 pub use queue::{CLOSE_TOO_SLOW, Frame, Session, SessionId};
-pub use room::RoomChannel;
+pub use room::{Delivered, RoomChannel};
 
 use bytes::Bytes;
 

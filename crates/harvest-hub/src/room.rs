@@ -40,6 +40,24 @@ pub struct RoomChannel {
     likes_published: AtomicU64,
     viewers_published: AtomicUsize,
     chat_messages: AtomicU64,
+    /// Viewers and likes summed over every node serving the room, when a shared bus
+    /// reports them (`u64::MAX`: not reported, use this node's figures).
+    cluster_viewers: AtomicU64,
+    cluster_likes: AtomicU64,
+}
+
+/// What [`RoomChannel::deliver`] did with an event sequenced elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// The next event: kept in the history and queued for every session.
+    Appended,
+    /// Already delivered (seq at or below the room's position): ignored.
+    Duplicate,
+    /// Events between the room's position and this one are missing: nothing was done;
+    /// deliver `from..=to` first.
+    Gap { from: u64, to: u64 },
+    /// The event belongs to another epoch: nothing was done.
+    OtherEpoch,
 }
 
 /// What the delivery of one event did, for metrics.
@@ -79,6 +97,74 @@ impl RoomChannel {
             likes_published: AtomicU64::new(0),
             viewers_published: AtomicUsize::new(0),
             chat_messages: AtomicU64::new(0),
+            cluster_viewers: AtomicU64::new(u64::MAX),
+            cluster_likes: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Delivers a room event whose `seq` was assigned elsewhere (a shared log): it is
+    /// appended only when it is the next one of the room's epoch, so sessions see every
+    /// seq once and in order.
+    pub fn deliver(&self, epoch: &str, encoded: Arc<Encoded>) -> (Delivered, u64) {
+        let Some(seq) = encoded.seq else {
+            return (Delivered::Duplicate, 0);
+        };
+        let mut log = self.log.lock();
+        if log.epoch != epoch {
+            return (Delivered::OtherEpoch, 0);
+        }
+        if seq <= log.last_seq {
+            return (Delivered::Duplicate, 0);
+        }
+        if seq > log.last_seq + 1 {
+            return (
+                Delivered::Gap {
+                    from: log.last_seq + 1,
+                    to: seq - 1,
+                },
+                0,
+            );
+        }
+        log.last_seq = seq;
+        log.history.push_back(encoded.clone());
+        self.trim(&mut log);
+        let fanout = self.fan_out(|s| s.push_lossless(encoded.clone()));
+        drop(log);
+        crate::hub::record(Lane::Room, 1, fanout);
+        (Delivered::Appended, fanout.queued)
+    }
+
+    /// Starts a new epoch (the shared log was lost or reset): the history is dropped and
+    /// every session is closed with `code` so its client reconnects and takes a snapshot.
+    pub fn reset(&self, init: crate::RoomInit, code: u16) {
+        let mut log = self.log.lock();
+        log.epoch = init.epoch;
+        log.last_seq = init.last_seq;
+        log.history = init.history.into_iter().collect();
+        drop(log);
+        self.close_all(code);
+    }
+
+    /// Records the viewers and likes of the room summed over every node.
+    pub fn set_cluster_totals(&self, viewers: u64, likes: u64) {
+        self.cluster_viewers.store(viewers, Ordering::Relaxed);
+        self.cluster_likes.store(likes, Ordering::Relaxed);
+    }
+
+    /// Open connections to the room on every node (this node's when no shared bus
+    /// reports them).
+    pub fn viewers_total(&self) -> u64 {
+        match self.cluster_viewers.load(Ordering::Relaxed) {
+            u64::MAX => self.viewers() as u64,
+            n => n,
+        }
+    }
+
+    /// Likes of the room on every node (this node's when no shared bus reports them).
+    pub fn likes_total(&self) -> u64 {
+        match self.cluster_likes.load(Ordering::Relaxed) {
+            u64::MAX => self.likes(),
+            n => n,
         }
     }
 
@@ -91,7 +177,7 @@ impl RoomChannel {
     /// Appends a room event: assigns the next seq, keeps it in the history, and queues
     /// it for every session, all under the log lock so every session sees seqs in order.
     /// Returns the encoded event.
-    pub(crate) fn publish(&self, event: &dyn Encode) -> (Arc<Encoded>, Fanout) {
+    pub(crate) fn publish(&self, event: &dyn Encode) -> (String, Arc<Encoded>, Fanout) {
         let mut log = self.log.lock();
         let seq = log.last_seq + 1;
         let encoded = Arc::new(Encoded::new(Lane::Room, Some(seq), now_ms(), event));
@@ -99,20 +185,27 @@ impl RoomChannel {
         log.history.push_back(encoded.clone());
         self.trim(&mut log);
         let fanout = self.fan_out(|s| s.push_lossless(encoded.clone()));
+        let epoch = log.epoch.clone();
         drop(log);
-        (encoded, fanout)
+        (epoch, encoded, fanout)
     }
 
     /// Queues a social event for every session. Chat above the room's per-second cap is
     /// dropped for everyone (sampling), so a huge room stays readable and cheap.
     pub(crate) fn social(&self, kind: SocialKind, event: &dyn Encode) -> Option<Fanout> {
+        let encoded = Arc::new(Encoded::new(Lane::Social, None, now_ms(), event));
+        self.social_encoded(kind, encoded)
+    }
+
+    /// Queues an encoded social event for every session of this node (chat sampled at
+    /// the room's cap).
+    pub(crate) fn social_encoded(&self, kind: SocialKind, encoded: Arc<Encoded>) -> Option<Fanout> {
         if kind == SocialKind::Chat {
             self.chat_messages.fetch_add(1, Ordering::Relaxed);
             if !self.admit_chat() {
                 return None;
             }
         }
-        let encoded = Arc::new(Encoded::new(Lane::Social, None, now_ms(), event));
         Some(self.fan_out(|s| s.push_social(encoded.clone(), kind)))
     }
 

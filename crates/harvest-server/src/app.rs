@@ -55,7 +55,8 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         })
         .transpose()
         .context("invalid redis_url")?;
-    let live = crate::live::Live::start(&settings, store.clone());
+    let live = crate::live::Live::start(&settings, store.clone())
+        .context("cannot start the live rooms")?;
     live.spawn_presence();
     let flash = crate::flash::FlashSales::start(&settings, store.clone(), live.clone())
         .await

@@ -6,6 +6,7 @@
 //! It also keeps what the WebSocket sessions share: recent chat, mutes and bans, chat
 //! and like limits, and the presence ticker that pushes viewer counts and like totals.
 
+pub mod redis_bus;
 pub mod ws;
 
 use std::collections::VecDeque;
@@ -94,6 +95,8 @@ pub struct Live {
     pub limits: Arc<LiveLimits>,
     masker: Arc<Masker>,
     open_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The shared bus when several nodes serve rooms (Redis configured).
+    redis: Option<redis_bus::RedisBus>,
 }
 
 /// Room events the history keeps when a room opens from the SQL log.
@@ -101,25 +104,40 @@ const PRELOAD_EVENTS: u32 = 1000;
 
 impl Live {
     /// Builds the live layer and starts its persister.
-    pub fn start(settings: &Settings, store: Store) -> Self {
-        let hub = Hub::new(
-            HubConfig {
-                history_events: settings.history_events,
-                history_age: Duration::from_secs(settings.history_age_s),
-                lossless_queue_bytes: settings.ws_outbound_queue_bytes,
-                social_queue_len: 64,
-                chat_per_viewer_per_s: settings.chat_per_viewer_per_s.max(1),
-                max_batch: 64,
-                max_connections: settings.max_connections,
-                new_connections_per_s: settings.new_connections_per_s.max(1),
-            },
-            Arc::new(WireFraming),
-        );
+    pub fn start(settings: &Settings, store: Store) -> anyhow::Result<Self> {
+        let redis = match &settings.redis_url {
+            Some(url) => Some(redis_bus::RedisBus::new(
+                url.expose(),
+                &settings.redis_key_prefix,
+                &settings.node_id,
+                Duration::from_millis(settings.redis_timeout_ms.max(1)),
+                settings.history_events,
+            )?),
+            None => None,
+        };
+        let config = HubConfig {
+            history_events: settings.history_events,
+            history_age: Duration::from_secs(settings.history_age_s),
+            lossless_queue_bytes: settings.ws_outbound_queue_bytes,
+            social_queue_len: 64,
+            chat_per_viewer_per_s: settings.chat_per_viewer_per_s.max(1),
+            max_batch: 64,
+            max_connections: settings.max_connections,
+            new_connections_per_s: settings.new_connections_per_s.max(1),
+        };
+        let hub = match &redis {
+            Some(bus) => {
+                let hub = Hub::with_bus(config, Arc::new(WireFraming), Arc::new(bus.clone()));
+                bus.attach(hub.clone());
+                hub
+            }
+            None => Hub::new(config, Arc::new(WireFraming)),
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(persist_loop(store.clone(), rx));
         let per_s = NonZeroU32::new(settings.chat_per_user_per_s.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.chat_burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        Self {
+        Ok(Self {
             hub,
             store,
             persist: tx,
@@ -135,7 +153,8 @@ impl Live {
             }),
             masker: Arc::new(Masker::new(&settings.chat_sensitive_words)),
             open_lock: Arc::new(tokio::sync::Mutex::new(())),
-        }
+            redis,
+        })
     }
 
     /// Waits (at most `timeout`) until every room event published so far is in SQL.
@@ -160,6 +179,16 @@ impl Live {
         if let Some(room) = self.hub.existing_room(room_id) {
             return Ok(room);
         }
+        if let Some(bus) = &self.redis {
+            let unavailable =
+                |e: harvest_hub::BusError| harvest_store::StoreError::Unavailable(e.to_string());
+            let init = bus.open(room_id).await.map_err(unavailable)?;
+            self.load_mutes(room_id).await?;
+            let room = self.hub.room_with(room_id, || init);
+            // Events appended between reading the log and the room existing here.
+            bus.catch_up(&room).await.map_err(unavailable)?;
+            return Ok(room);
+        }
         let init = match self.store.room_log(room_id).await? {
             Some((epoch, last_seq)) => {
                 let records = self
@@ -175,6 +204,11 @@ impl Live {
             }
             None => RoomInit::fresh(),
         };
+        self.load_mutes(room_id).await?;
+        Ok(self.hub.room_with(room_id, || init))
+    }
+
+    async fn load_mutes(&self, room_id: &str) -> Result<(), harvest_store::StoreError> {
         for (user, until) in self
             .store
             .room_mutes(room_id, harvest_hub::now_ms())
@@ -182,7 +216,7 @@ impl Live {
         {
             self.mutes.insert((room_id.to_owned(), user), until);
         }
-        Ok(self.hub.room_with(room_id, || init))
+        Ok(())
     }
 
     /// Publishes a room event: sequenced and delivered by the hub, then persisted.
@@ -191,11 +225,10 @@ impl Live {
         room_id: &str,
         data: impl Into<EventData>,
     ) -> Result<u64, PublishError> {
-        let room = self.open_room(room_id).await?;
+        self.open_room(room_id).await?;
         let event = WireEvent::new(data);
         let event_type = event.data.event_type();
-        let (epoch, _) = room.position();
-        let encoded = self.hub.publish(room_id, &event).await?;
+        let (epoch, encoded) = self.hub.publish_in_epoch(room_id, &event).await?;
         let seq = encoded.seq.unwrap_or_default();
         let record = RoomEventRecord {
             room_id: room_id.to_owned(),
@@ -222,7 +255,11 @@ impl Live {
 
     /// Delivers a private event to every session of a user.
     pub fn private(&self, user_id: &str, data: impl Into<EventData>) -> usize {
-        self.hub.private(user_id, &WireEvent::new(data))
+        let event = WireEvent::new(data);
+        if let Some(bus) = &self.redis {
+            bus.private(user_id, &event);
+        }
+        self.hub.private(user_id, &event)
     }
 
     /// Encodes a one-off event for one session.
@@ -330,6 +367,34 @@ impl Live {
             loop {
                 tick.tick().await;
                 n += 1;
+                if let Some(bus) = &live.redis {
+                    for room in live.hub.rooms() {
+                        match bus.sync_presence(&room).await {
+                            Ok((viewers, likes)) => {
+                                let viewers = n.is_multiple_of(2).then_some(viewers);
+                                let (viewers, likes) = bus.changed_totals(&room.id, viewers, likes);
+                                if let Some(total) = likes {
+                                    live.hub.social_local(
+                                        &room.id,
+                                        SocialKind::Likes,
+                                        &WireEvent::new(wire::Likes { total }),
+                                    );
+                                }
+                                if let Some(count) = viewers {
+                                    live.hub.social_local(
+                                        &room.id,
+                                        SocialKind::Viewers,
+                                        &WireEvent::new(wire::RoomViewers { count }),
+                                    );
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(room_id = %room.id, error = %e, "cannot share presence")
+                            }
+                        }
+                    }
+                    continue;
+                }
                 for room in live.hub.rooms() {
                     if let Some(total) = room.likes_changed() {
                         live.social(&room.id, SocialKind::Likes, wire::Likes { total });

@@ -37,8 +37,8 @@ pub async fn snapshot(
     }
     let pinned_product = pinned.and_then(|id| products.iter().find(|p| p.id == id).cloned());
     Ok(wire::RoomSnapshot {
-        viewers: channel.viewers() as u64,
-        likes: channel.likes(),
+        viewers: channel.viewers_total(),
+        likes: channel.likes_total(),
         pinned_product,
         products,
         sales: state.flash.room_sales(&room.id).await?,
