@@ -844,6 +844,9 @@ impl FlashSales {
     /// stay lost until its next request, and its holds would never expire: the expiry
     /// index went with the rest of its state.
     async fn rebuild_lost(&self) {
+        if self.inner.backend == "redis" {
+            self.discover().await;
+        }
         let now = now_ms();
         let watched: Vec<Arc<SaleEntry>> = self
             .inner
@@ -871,6 +874,25 @@ impl FlashSales {
                 Err(_) => return,
                 Ok(_) => {}
             }
+        }
+    }
+
+    /// Takes on the open sales other nodes created, so this node's driver announces
+    /// their lifecycle too (the compare-and-set on `sales.phase` keeps each
+    /// announcement to one node) even if the creating node is gone.
+    async fn discover(&self) {
+        match self.inner.store.open_sales().await {
+            Ok(rows) => {
+                for row in rows {
+                    if !self.inner.sales.contains_key(&row.id) {
+                        self.inner
+                            .sales
+                            .entry(row.id.clone())
+                            .or_insert_with(|| SaleEntry::new(row));
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot look for new sales"),
         }
     }
 

@@ -97,9 +97,17 @@ pub fn base_settings(database: &TestDatabase) -> Settings {
             .redis_url()
             .map(harvest_server::config::SecretUrl::new),
         jwt_secret: Some(harvest_server::config::Secret::new(TEST_JWT_SECRET)),
-        // Test servers share one Redis: each keeps to its own keys, as separate
-        // deployments would.
-        redis_key_prefix: format!("hv:{}:", uuid::Uuid::now_v7().simple()),
+        // Test servers share one Redis: each database keeps to its own keys, as
+        // separate deployments would; a server restarted on the same database finds
+        // its keys again, as a restarted node would.
+        redis_key_prefix: format!(
+            "hv:{}:",
+            database
+                .dir()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())
+        ),
         data_dir: database.dir().join("data"),
         shutdown_delay_ms: 0,
         shutdown_grace_s: 5,
