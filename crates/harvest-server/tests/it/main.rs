@@ -3,6 +3,7 @@
 
 mod authz;
 mod contests;
+mod deploy;
 mod faults;
 mod ops;
 mod orders;
