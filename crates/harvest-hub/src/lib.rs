@@ -62,6 +62,9 @@ pub enum Lane {
 }
 
 impl Lane {
+    /// Every lane, e.g. to export a zero for each before any event.
+    pub const ALL: [Lane; 3] = [Lane::Room, Lane::Social, Lane::Private];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Room => "room",

@@ -30,6 +30,8 @@ use crate::state::AppState;
 /// Connects and migrates the store, prepares auth and the Redis check.
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     use anyhow::Context;
+    // The recorder first: the components describe their series when they start.
+    let metrics = Metrics::global();
     let secret = settings.jwt_secret()?;
     let store = Store::connect(
         settings.database_url.expose(),
@@ -79,7 +81,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         store,
         Authenticator::new(secret.expose().as_bytes()).context("invalid jwt_secret")?,
         redis,
-        Metrics::global(),
+        metrics,
         live,
         flash,
         payments,

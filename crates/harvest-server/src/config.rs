@@ -258,6 +258,16 @@ const KEYS: &[(&str, Kind)] = &[
     ("hold_sweep_interval_ms", Kind::Int),
 ];
 
+/// The file key of every setting, in the order of [`Settings`].
+pub fn keys() -> impl Iterator<Item = &'static str> {
+    KEYS.iter().map(|(key, _)| *key)
+}
+
+/// The environment variable of a setting's file key: `HARVEST_` + the key upper-cased.
+pub fn env_var(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_ascii_uppercase())
+}
+
 /// Settings given as command-line flags (the top layer).
 #[derive(Debug, Clone, Default)]
 pub struct Flags {
@@ -458,6 +468,29 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn every_key_is_a_field_of_the_settings() {
+        let table = toml::Value::try_from(Settings {
+            redis_url: Some(SecretUrl::new("redis://r:6379")),
+            jwt_secret: Some(Secret::new("s")),
+            payment_webhook_secret: Some(Secret::new("w")),
+            ..Settings::default()
+        })
+        .unwrap();
+        let fields: Vec<&str> = table
+            .as_table()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut listed: Vec<&str> = keys().collect();
+        listed.sort_unstable();
+        let mut fields = fields;
+        fields.sort_unstable();
+        assert_eq!(listed, fields);
+        assert_eq!(env_var("node_id"), "HARVEST_NODE_ID");
     }
 
     #[test]

@@ -35,6 +35,7 @@ impl Metrics {
                 let process = metrics_process::Collector::default();
                 process.describe();
                 describe();
+                export_zeros();
                 Metrics {
                     handle,
                     process: Arc::new(process),
@@ -94,6 +95,32 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time to answer a reservation, engine call included"
     );
+}
+
+/// Exports the series that only move on rare events (drops, 4008 closes, journaled
+/// orders) from the start, at zero, so dashboards and alerts see a value rather than
+/// no data on a healthy node.
+fn export_zeros() {
+    for lane in harvest_hub::Lane::ALL.map(harvest_hub::Lane::as_str) {
+        for name in [
+            "harvest_events_published_total",
+            "harvest_events_delivered_total",
+            "harvest_events_dropped_total",
+        ] {
+            metrics::counter!(name, "lane" => lane).increment(0);
+        }
+    }
+    metrics::counter!("harvest_slow_consumer_disconnects_total").increment(0);
+    for status in ["paid", "late", "failed"] {
+        metrics::counter!("harvest_orders_total", "status" => status).increment(0);
+    }
+    for name in [
+        "harvest_ws_connections",
+        "harvest_rooms",
+        "harvest_journal_depth",
+    ] {
+        metrics::gauge!(name).increment(0.0);
+    }
 }
 
 /// Middleware counting every answered request by route template and status.

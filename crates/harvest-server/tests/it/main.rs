@@ -4,6 +4,7 @@
 mod authz;
 mod cluster;
 mod contests;
+mod deploy;
 mod faults;
 mod ops;
 mod orders;
