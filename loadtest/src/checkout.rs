@@ -18,13 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::{
-    self, Api, CLIENT_BOUND_CORES, HistogramSample, Minter, SaleSpec, SaleState, Target, Timed,
-    http_clients, per_s, ratio, round2, round3, run_phase,
+    self, Api, Buyers, CLIENT_BOUND_CORES, HistogramSample, Minter, OrderSeen, PayRecord, SaleSpec,
+    SaleState, Target, buyer_of, error_key, http_clients, per_s, ratio, round2, round3, run_phase,
 };
 use crate::hist::{Histogram, ms};
 use crate::report::{self, Summary, n, opt_ms};
@@ -35,8 +34,6 @@ pub const TARGET_POSTGRES: f64 = 5_000.0;
 pub const TARGET_SQLITE: f64 = 2_000.0;
 /// The checkout route as the server's `/metrics` labels it.
 const CHECKOUT_ROUTE: &str = "/api/v1/holds/{id}/checkout";
-/// Attempts per reservation of the untimed phase (429 and 503 are retried).
-const RESERVE_ATTEMPTS: u32 = 30;
 /// Longest wait for the allocation list to hold every hold, then for the server to
 /// go idle, before the timed phase.
 const HOLDS_SETTLE: Duration = Duration::from_secs(60);
@@ -140,11 +137,6 @@ pub fn holds_per_buyer(orders: u64, buyers: u64) -> u64 {
     orders.div_ceil(buyers.max(1))
 }
 
-/// The buyer of hold `i`: buyers take turns.
-pub fn buyer_of(hold: u64, buyers: u64) -> u32 {
-    (hold % buyers.max(1)) as u32
-}
-
 /// The paid holds paid again: about `fraction` of `paid`, spread evenly, alternately
 /// with the first key (`true`) and a new one (`false`).
 pub fn repeat_plan(paid: &[u32], fraction: f64) -> Vec<(u32, bool)> {
@@ -199,87 +191,6 @@ pub fn target_for(database: Option<&str>) -> Option<f64> {
         Some("postgres") => Some(TARGET_POSTGRES),
         Some("sqlite") => Some(TARGET_SQLITE),
         _ => None,
-    }
-}
-
-/// An order as the checkout answer or the export gives it (only what is checked).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct OrderSeen {
-    pub id: String,
-    #[serde(default)]
-    pub hold_id: String,
-    #[serde(default)]
-    pub buyer_id: String,
-    #[serde(default)]
-    pub quantity: i64,
-    #[serde(default)]
-    pub amount: i64,
-    #[serde(default)]
-    pub status: String,
-}
-
-/// One checkout request (or a failure to get its answer).
-#[derive(Debug, Clone, Default)]
-pub struct PayRecord {
-    /// Index of the hold in the run's list of holds.
-    pub hold: u32,
-    /// HTTP status; 0 when no answer came (connection error, timeout).
-    pub status: u16,
-    /// The error code of an error answer (`http_<status>` when the body has none).
-    pub code: Option<String>,
-    /// The order of a 200 answer.
-    pub order: Option<OrderSeen>,
-    pub latency_us: u64,
-    /// What went wrong, for 5xx answers, unreadable answers and failures.
-    pub detail: Option<String>,
-}
-
-impl Timed for PayRecord {
-    fn latency_us(&self) -> u64 {
-        self.latency_us
-    }
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorInner,
-}
-
-#[derive(Deserialize)]
-struct ErrorInner {
-    code: String,
-}
-
-/// Reads a checkout answer: the order of a 200, else the error code (`http_<status>`
-/// when the body carries none). Returns (code, order, detail).
-pub fn parse_checkout(
-    status: u16,
-    body: &[u8],
-) -> (Option<String>, Option<OrderSeen>, Option<String>) {
-    let text = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-    if status == 200 {
-        return match serde_json::from_slice::<OrderSeen>(body) {
-            Ok(o) if !o.id.is_empty() => (None, Some(o), None),
-            _ => (
-                Some("invalid_answer".into()),
-                None,
-                Some(format!("200 without an order: {}", text())),
-            ),
-        };
-    }
-    let code = serde_json::from_slice::<ErrorBody>(body)
-        .map(|e| e.error.code)
-        .unwrap_or_else(|_| format!("http_{status}"));
-    let detail = (status >= 500).then(|| format!("{status}: {}", text()));
-    (Some(code), None, detail)
-}
-
-/// The key of an error in the `errors` object: `<status>/<code>`, or `no_answer`.
-pub fn error_key(record: &PayRecord) -> String {
-    match (record.status, &record.code) {
-        (0, _) => "no_answer".into(),
-        (s, Some(code)) => format!("{s}/{code}"),
-        (s, None) => format!("{s}/http_{s}"),
     }
 }
 
@@ -799,144 +710,6 @@ impl Summary for CheckoutSummary {
     }
 }
 
-/// One reservation of the untimed phase.
-#[derive(Debug, Clone, Default)]
-struct ReserveRecord {
-    item: u32,
-    hold_id: Option<String>,
-    /// The last answer's code when no hold came.
-    failure: Option<String>,
-    retries: u64,
-}
-
-/// What every request of the run needs.
-struct Buyers {
-    base: String,
-    sale_id: String,
-    buyers: u64,
-    /// `Bearer <token>` of each buyer.
-    auth: Vec<HeaderValue>,
-    /// Idempotency-Key prefix of this run.
-    key_prefix: String,
-}
-
-impl Buyers {
-    /// Reserves hold `item` (one unit) for its buyer, retrying 429 (after its
-    /// Retry-After) and 503.
-    async fn reserve(&self, client: &reqwest::Client, item: u32) -> ReserveRecord {
-        let buyer = buyer_of(u64::from(item), self.buyers);
-        let url = format!(
-            "{}/api/v1/flash-sales/{}/reservations",
-            self.base, self.sale_id
-        );
-        let key = format!("{}-hold-{item}", self.key_prefix);
-        let mut record = ReserveRecord {
-            item,
-            ..Default::default()
-        };
-        for attempt in 0..RESERVE_ATTEMPTS {
-            let answer = client
-                .post(&url)
-                .header(AUTHORIZATION, self.auth[buyer as usize].clone())
-                .header("idempotency-key", &key)
-                .header(CONTENT_TYPE, "application/json")
-                .body(r#"{"quantity":1}"#)
-                .send()
-                .await;
-            let (status, retry_after, body) = match answer {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let retry_after = response
-                        .headers()
-                        .get(RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok());
-                    (status, retry_after, response.bytes().await.ok())
-                }
-                Err(e) => {
-                    record.failure = Some(format!("no_answer: {}", common::error_chain(&e)));
-                    return record;
-                }
-            };
-            let body = body.unwrap_or_default();
-            if status == 201 || status == 200 {
-                #[derive(Deserialize)]
-                struct Created {
-                    id: String,
-                }
-                match serde_json::from_slice::<Created>(&body) {
-                    Ok(c) => {
-                        record.hold_id = Some(c.id);
-                        record.failure = None;
-                    }
-                    Err(_) => record.failure = Some(format!("{status}/invalid_answer")),
-                }
-                return record;
-            }
-            let code = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|e| e.error.code)
-                .unwrap_or_else(|_| format!("http_{status}"));
-            record.failure = Some(format!("{status}/{code}"));
-            if (status == 429 || status == 503) && attempt + 1 < RESERVE_ATTEMPTS {
-                record.retries += 1;
-                let wait_ms =
-                    retry_after.map_or(500, |s| s.clamp(1, 10) * 1000) + rand::random_range(0..250);
-                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-                continue;
-            }
-            return record;
-        }
-        record
-    }
-
-    /// Pays hold `hold` (its id `hold_id`) with `key`.
-    async fn checkout(
-        &self,
-        client: &reqwest::Client,
-        hold: u32,
-        hold_id: &str,
-        buyer: u32,
-        key: &str,
-    ) -> PayRecord {
-        let url = format!("{}/api/v1/holds/{hold_id}/checkout", self.base);
-        let sent = Instant::now();
-        let answer = client
-            .post(&url)
-            .header(AUTHORIZATION, self.auth[buyer as usize].clone())
-            .header("idempotency-key", key)
-            .header(CONTENT_TYPE, "application/json")
-            .body(r#"{"method":"simulated"}"#)
-            .send()
-            .await;
-        let mut record = PayRecord {
-            hold,
-            ..Default::default()
-        };
-        match answer {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                match response.bytes().await {
-                    Ok(bytes) => {
-                        record.status = status;
-                        (record.code, record.order, record.detail) = parse_checkout(status, &bytes);
-                    }
-                    Err(e) => {
-                        record.detail =
-                            Some(format!("reading the answer: {}", common::error_chain(&e)))
-                    }
-                }
-            }
-            Err(e) => record.detail = Some(common::error_chain(&e)),
-        }
-        record.latency_us = sent.elapsed().as_micros() as u64;
-        record
-    }
-
-    fn pay_key(&self, hold: u32) -> String {
-        format!("{}-pay-{hold}", self.key_prefix)
-    }
-}
-
 /// Whether one window counts as idle: server and machine CPU, in cores.
 pub fn is_idle(server_cores: f64, machine_cores: f64) -> bool {
     server_cores < IDLE_SERVER_CORES && machine_cores < IDLE_MACHINE_CORES
@@ -1450,6 +1223,7 @@ mod tests {
             quantity: 1,
             amount: 990,
             status: "paid".into(),
+            paid_at: None,
         }
     }
 
@@ -1546,29 +1320,6 @@ mod tests {
             !is_idle(0.0, 0.9),
             "the database or another process is busy"
         );
-    }
-
-    #[test]
-    fn answers_are_parsed() {
-        let (code, o, detail) = parse_checkout(
-            200,
-            br#"{"id":"o1","hold_id":"h0","sale_id":"s","buyer_id":"u-0","quantity":1,"unit_price":990,"amount":990,"currency":"CNY","status":"paid"}"#,
-        );
-        assert_eq!((code, detail), (None, None));
-        assert_eq!(o, Some(order("o1", "h0", 0)));
-        let (code, o, detail) = parse_checkout(
-            503,
-            br#"{"error":{"code":"unavailable","message":"retry","details":{}}}"#,
-        );
-        assert_eq!((code.as_deref(), o), (Some("unavailable"), None));
-        assert!(detail.unwrap().starts_with("503: "));
-        let (code, _, detail) = parse_checkout(409, br#"{"error":{"code":"hold_expired"}}"#);
-        assert_eq!((code.as_deref(), detail), (Some("hold_expired"), None));
-        let (code, _, _) = parse_checkout(502, b"Bad Gateway");
-        assert_eq!(code.as_deref(), Some("http_502"));
-        let (code, o, detail) = parse_checkout(200, b"{}");
-        assert_eq!((code.as_deref(), o), (Some("invalid_answer"), None));
-        assert!(detail.unwrap().starts_with("200 without an order"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use harvest_proto::ws::{Encoding, Event, EventData, close};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
@@ -1321,6 +1322,242 @@ where
     }
 }
 
+// Buyers: reservations and checkouts through HTTP, shared by `checkout` and `contest`.
+
+/// Attempts per reservation (429 and 503 are retried).
+pub const RESERVE_ATTEMPTS: u32 = 30;
+
+/// The buyer of hold `i`: buyers take turns.
+pub fn buyer_of(hold: u64, buyers: u64) -> u32 {
+    (hold % buyers.max(1)) as u32
+}
+
+/// An order as the checkout answer or the export gives it (only what is checked).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct OrderSeen {
+    pub id: String,
+    #[serde(default)]
+    pub hold_id: String,
+    #[serde(default)]
+    pub buyer_id: String,
+    #[serde(default)]
+    pub quantity: i64,
+    #[serde(default)]
+    pub amount: i64,
+    #[serde(default)]
+    pub status: String,
+    /// When the order was paid (the server's clock).
+    #[serde(default)]
+    pub paid_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One checkout request (or a failure to get its answer).
+#[derive(Debug, Clone, Default)]
+pub struct PayRecord {
+    /// Index of the hold in the run's list of holds.
+    pub hold: u32,
+    /// HTTP status; 0 when no answer came (connection error, timeout).
+    pub status: u16,
+    /// The error code of an error answer (`http_<status>` when the body has none).
+    pub code: Option<String>,
+    /// The order of a 200 answer.
+    pub order: Option<OrderSeen>,
+    pub latency_us: u64,
+    /// What went wrong, for 5xx answers, unreadable answers and failures.
+    pub detail: Option<String>,
+}
+
+impl Timed for PayRecord {
+    fn latency_us(&self) -> u64 {
+        self.latency_us
+    }
+}
+
+/// The body of an error answer (API.md §1), as far as the code.
+#[derive(Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorInner,
+}
+
+/// The `error` object of an error answer.
+#[derive(Deserialize)]
+pub struct ErrorInner {
+    pub code: String,
+}
+
+/// Reads a checkout answer: the order of a 200, else the error code (`http_<status>`
+/// when the body carries none). Returns (code, order, detail).
+pub fn parse_checkout(
+    status: u16,
+    body: &[u8],
+) -> (Option<String>, Option<OrderSeen>, Option<String>) {
+    let text = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+    if status == 200 {
+        return match serde_json::from_slice::<OrderSeen>(body) {
+            Ok(o) if !o.id.is_empty() => (None, Some(o), None),
+            _ => (
+                Some("invalid_answer".into()),
+                None,
+                Some(format!("200 without an order: {}", text())),
+            ),
+        };
+    }
+    let code = serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.error.code)
+        .unwrap_or_else(|_| format!("http_{status}"));
+    let detail = (status >= 500).then(|| format!("{status}: {}", text()));
+    (Some(code), None, detail)
+}
+
+/// The key of an error in the `errors` object: `<status>/<code>`, or `no_answer`.
+pub fn error_key(record: &PayRecord) -> String {
+    match (record.status, &record.code) {
+        (0, _) => "no_answer".into(),
+        (s, Some(code)) => format!("{s}/{code}"),
+        (s, None) => format!("{s}/http_{s}"),
+    }
+}
+
+/// One reservation: the hold it gave, or why none came.
+#[derive(Debug, Clone, Default)]
+pub struct ReserveRecord {
+    pub item: u32,
+    pub hold_id: Option<String>,
+    /// The last answer's code when no hold came (`<status>/<code>`, or
+    /// `no_answer: ...`).
+    pub failure: Option<String>,
+    pub retries: u64,
+}
+
+/// The buyers of one flash sale: what every reservation and checkout needs.
+pub struct Buyers {
+    /// `http://host:port` of the target.
+    pub base: String,
+    pub sale_id: String,
+    /// Reservation `item` belongs to buyer `item mod buyers`.
+    pub buyers: u64,
+    /// `Bearer <token>` of each buyer.
+    pub auth: Vec<reqwest::header::HeaderValue>,
+    /// Idempotency-Key prefix of this run.
+    pub key_prefix: String,
+}
+
+impl Buyers {
+    /// Reserves hold `item` (one unit) for its buyer, retrying 429 (after its
+    /// Retry-After) and 503.
+    pub async fn reserve(&self, client: &reqwest::Client, item: u32) -> ReserveRecord {
+        let buyer = buyer_of(u64::from(item), self.buyers);
+        let url = format!(
+            "{}/api/v1/flash-sales/{}/reservations",
+            self.base, self.sale_id
+        );
+        let key = format!("{}-hold-{item}", self.key_prefix);
+        let mut record = ReserveRecord {
+            item,
+            ..Default::default()
+        };
+        for attempt in 0..RESERVE_ATTEMPTS {
+            let answer = client
+                .post(&url)
+                .header(AUTHORIZATION, self.auth[buyer as usize].clone())
+                .header("idempotency-key", &key)
+                .header(CONTENT_TYPE, "application/json")
+                .body(r#"{"quantity":1}"#)
+                .send()
+                .await;
+            let (status, retry_after, body) = match answer {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry_after = response
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    (status, retry_after, response.bytes().await.ok())
+                }
+                Err(e) => {
+                    record.failure = Some(format!("no_answer: {}", error_chain(&e)));
+                    return record;
+                }
+            };
+            let body = body.unwrap_or_default();
+            if status == 201 || status == 200 {
+                #[derive(Deserialize)]
+                struct Created {
+                    id: String,
+                }
+                match serde_json::from_slice::<Created>(&body) {
+                    Ok(c) => {
+                        record.hold_id = Some(c.id);
+                        record.failure = None;
+                    }
+                    Err(_) => record.failure = Some(format!("{status}/invalid_answer")),
+                }
+                return record;
+            }
+            let code = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error.code)
+                .unwrap_or_else(|_| format!("http_{status}"));
+            record.failure = Some(format!("{status}/{code}"));
+            if (status == 429 || status == 503) && attempt + 1 < RESERVE_ATTEMPTS {
+                record.retries += 1;
+                let wait_ms =
+                    retry_after.map_or(500, |s| s.clamp(1, 10) * 1000) + rand::random_range(0..250);
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                continue;
+            }
+            return record;
+        }
+        record
+    }
+
+    /// Pays hold `hold` (its id `hold_id`) with `key`.
+    pub async fn checkout(
+        &self,
+        client: &reqwest::Client,
+        hold: u32,
+        hold_id: &str,
+        buyer: u32,
+        key: &str,
+    ) -> PayRecord {
+        let url = format!("{}/api/v1/holds/{hold_id}/checkout", self.base);
+        let sent = Instant::now();
+        let answer = client
+            .post(&url)
+            .header(AUTHORIZATION, self.auth[buyer as usize].clone())
+            .header("idempotency-key", key)
+            .header(CONTENT_TYPE, "application/json")
+            .body(r#"{"method":"simulated"}"#)
+            .send()
+            .await;
+        let mut record = PayRecord {
+            hold,
+            ..Default::default()
+        };
+        match answer {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.bytes().await {
+                    Ok(bytes) => {
+                        record.status = status;
+                        (record.code, record.order, record.detail) = parse_checkout(status, &bytes);
+                    }
+                    Err(e) => {
+                        record.detail = Some(format!("reading the answer: {}", error_chain(&e)))
+                    }
+                }
+            }
+            Err(e) => record.detail = Some(error_chain(&e)),
+        }
+        record.latency_us = sent.elapsed().as_micros() as u64;
+        record
+    }
+
+    pub fn pay_key(&self, hold: u32) -> String {
+        format!("{}-pay-{hold}", self.key_prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1435,6 +1672,38 @@ harvest_build_info{version="1",database="postgres"} 1
             Some("postgres")
         );
         assert_eq!(metric_label(HIST, "harvest_", "engine"), None);
+    }
+
+    #[test]
+    fn checkout_answers_are_parsed() {
+        let (code, o, detail) = parse_checkout(
+            200,
+            br#"{"id":"o1","hold_id":"h0","sale_id":"s","buyer_id":"u-0","quantity":1,"unit_price":990,"amount":990,"currency":"CNY","status":"paid","paid_at":"2026-11-30T08:00:01.250Z"}"#,
+        );
+        assert_eq!((code, detail), (None, None));
+        let o = o.unwrap();
+        assert_eq!(
+            (o.id.as_str(), o.hold_id.as_str(), o.buyer_id.as_str()),
+            ("o1", "h0", "u-0")
+        );
+        assert_eq!((o.quantity, o.amount, o.status.as_str()), (1, 990, "paid"));
+        assert_eq!(
+            o.paid_at.map(|t| t.timestamp_millis()),
+            Some(1_796_025_601_250)
+        );
+        let (code, o, detail) = parse_checkout(
+            503,
+            br#"{"error":{"code":"unavailable","message":"retry","details":{}}}"#,
+        );
+        assert_eq!((code.as_deref(), o), (Some("unavailable"), None));
+        assert!(detail.unwrap().starts_with("503: "));
+        let (code, _, detail) = parse_checkout(409, br#"{"error":{"code":"hold_expired"}}"#);
+        assert_eq!((code.as_deref(), detail), (Some("hold_expired"), None));
+        let (code, _, _) = parse_checkout(502, b"Bad Gateway");
+        assert_eq!(code.as_deref(), Some("http_502"));
+        let (code, o, detail) = parse_checkout(200, b"{}");
+        assert_eq!((code.as_deref(), o), (Some("invalid_answer"), None));
+        assert!(detail.unwrap().starts_with("200 without an order"));
     }
 
     #[test]

@@ -15,6 +15,12 @@
 //! - `checkout` (O1): pays holds through `POST /api/v1/holds/{id}/checkout` as fast as
 //!   the server takes them; measures paid orders per second and checks the room's order
 //!   export for lost and duplicated orders.
+//! - `contest` (C1): two live rooms in a PK match of a contest, buyers paying in both at
+//!   unequal rates, viewers recording `pk.started`, `pk.score` and `pk.ended`; measures
+//!   the time from a payment's answer to the first `pk.score` showing it and the
+//!   `pk.score` rate, checks the winner, the final scores and the standings against the
+//!   orders paid, and measures the `harvest-contest` engine's events per second in
+//!   process.
 //!
 //! `--json` prints one summary object on stdout; progress bars and a human table go to
 //! stderr. Every run also reports this process's own CPU time and marks a run whose
@@ -22,6 +28,7 @@
 
 mod checkout;
 mod common;
+mod contest;
 mod fanout;
 mod flash;
 mod hist;
@@ -55,6 +62,8 @@ enum Command {
     FlashSale(flash::FlashSaleArgs),
     /// O1: paid orders persisted per second through checkout (group commit).
     Checkout(checkout::CheckoutArgs),
+    /// C1: a PK match between two rooms with buyers paying; score latency and checks.
+    Contest(contest::ContestArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +84,7 @@ fn main() -> ExitCode {
             Command::Idle(args) => idle::run(args).await,
             Command::FlashSale(args) => flash::run(args).await,
             Command::Checkout(args) => checkout::run(args).await,
+            Command::Contest(args) => contest::run(args).await,
         }
     });
     // Connection tasks are aborted by the scenarios; do not wait on stragglers.
@@ -186,6 +196,26 @@ mod tests {
         };
         assert_eq!((c.orders, c.buyers, c.concurrency), (1000, Some(100), 64));
         assert_eq!(c.database.as_deref(), Some("sqlite"));
+        assert!(c.json);
+        let cli = Cli::try_parse_from([
+            "harvest-loadtest",
+            "contest",
+            "--duration",
+            "20",
+            "--rate-a",
+            "60",
+            "--rate-b",
+            "30",
+            "--engine-events",
+            "2000000",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Contest(c) = cli.command else {
+            panic!("not contest")
+        };
+        assert_eq!((c.duration, c.rate_a, c.rate_b), (20, 60.0, 30.0));
+        assert_eq!((c.engine_events, c.viewers), (2_000_000, 3));
         assert!(c.json);
     }
 
