@@ -933,10 +933,10 @@ impl Contests {
             && now - open.last_standings_ms.load(Ordering::Relaxed) >= STANDINGS_EVERY_MS
         {
             open.dirty.store(false, Ordering::Release);
-            open.last_standings_ms.store(now, Ordering::Relaxed);
             let standings = open.standings(now);
             self.publish_to(&open.rooms_of(None), wire::ContestStandings { standings })
                 .await;
+            open.last_standings_ms.store(now_ms(), Ordering::Relaxed);
         }
         if now >= open.row.settles_at() {
             let id = open.row.id.clone();
@@ -1108,6 +1108,11 @@ impl Contests {
             },
         )
         .await;
+        // The throttle counts from when the last room got it: every room's next
+        // `pk.score` is then at least 500 ms after this one by its `ts`.
+        if let Some(lm) = open.matches.lock().iter_mut().find(|x| x.row.id == row.id) {
+            lm.last_score_ms = now_ms();
+        }
     }
 
     /// Settles a contest now (the organizer): 409 `too_early` before
