@@ -11,6 +11,8 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
+pub mod demo;
 pub mod contests;
 pub mod error;
 pub mod extract;

@@ -2,6 +2,7 @@
 //! store, talked to over HTTP (and, for signals and the CLI, the real binary).
 
 mod authz;
+mod console;
 mod contests;
 mod faults;
 mod ops;
