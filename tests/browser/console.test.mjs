@@ -92,6 +92,7 @@ describe("console on harvest serve", () => {
     await page.click("#go-live");
     await waitText(page, "#room-status", /LIVE/);
 
+    await page.getByText("Start a flash sale").click();
     await page.selectOption("#new-sale select[name=product_id]", { label: products[0][1] });
     await page.fill("#new-sale input[name=price]", "39.90");
     await page.fill("#new-sale input[name=stock]", "2");
@@ -298,7 +299,7 @@ describe("harvest demo", () => {
     await page.waitForFunction(() => Number(document.querySelector("[data-stat=orders_paid] .value")?.textContent) > 0, null, { timeout: 40000 });
     await page.waitForSelector("#moderation li", { timeout: 30000 });
     await sleep(8000); // a few points on the chart
-    await shot(page, "streamer");
+    await shot(page, "streamer", true);
 
     const organizer = demo.identities.find((i) => i.sub === "festival-office");
     const org = await pageAs(b, organizer.token);
@@ -308,7 +309,7 @@ describe("harvest demo", () => {
     await org.waitForSelector("#matches li[data-status=live]", T);
     await org.click("#load-audit");
     await org.waitForSelector("#audit details", T);
-    await shot(org, "organizer");
+    await shot(org, "organizer", true);
     assert.deepEqual(errors, []);
   });
 });

@@ -118,9 +118,9 @@ export async function pageAs(b, token) {
   return page;
 }
 
-export async function shot(page, name) {
+export async function shot(page, name, fullPage = false) {
   mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage });
 }
 
 export { sleep };

@@ -372,10 +372,13 @@ async fn seed(state: &AppState, base: &str, tasks: &mut JoinSet<()>) -> anyhow::
             .build()?,
         base: base.to_owned(),
     };
-    let mint = |sub: &str, name: &str, roles: &[Role]| {
-        state.auth.mint(sub, Some(name), roles, TOKEN_TTL)
-    };
-    let organizer_token = mint("festival-office", "电商节组委会 Festival office", &[Role::Organizer]);
+    let mint =
+        |sub: &str, name: &str, roles: &[Role]| state.auth.mint(sub, Some(name), roles, TOKEN_TTL);
+    let organizer_token = mint(
+        "festival-office",
+        "电商节组委会 Festival office",
+        &[Role::Organizer],
+    );
     let viewer_token = mint("demo-viewer", "小美 Xiaomei", &[Role::Viewer]);
 
     let mut plans = Vec::new();
@@ -486,7 +489,10 @@ async fn seed(state: &AppState, base: &str, tasks: &mut JoinSet<()>) -> anyhow::
         .iter()
         .map(|p| str_of(p, "id"))
         .collect::<anyhow::Result<_>>()?;
-    for (judge, scores) in [("Judge Li 李评委", [88, 91]), ("Judge Wang 王评委", [93, 85])] {
+    for (judge, scores) in [
+        ("Judge Li 李评委", [88, 91]),
+        ("Judge Wang 王评委", [93, 85]),
+    ] {
         let scores: serde_json::Map<String, Value> = participants
             .iter()
             .zip(scores)
@@ -606,7 +612,13 @@ async fn pk_matches(api: Api, token: String, contest_id: String, participants: V
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     match api
-                        .call(Method::GET, &format!("/api/v1/matches/{id}"), &token, None, None)
+                        .call(
+                            Method::GET,
+                            &format!("/api/v1/matches/{id}"),
+                            &token,
+                            None,
+                            None,
+                        )
                         .await
                     {
                         Ok((200, m)) if m["status"] == "ended" => break,
@@ -676,7 +688,13 @@ async fn flash_sales(
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let status = match api
-                .call(Method::GET, &format!("/api/v1/flash-sales/{sale_id}"), &token, None, None)
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/flash-sales/{sale_id}"),
+                    &token,
+                    None,
+                    None,
+                )
                 .await
             {
                 Ok((200, s)) => s["status"].as_str().unwrap_or_default().to_owned(),

@@ -1,7 +1,7 @@
 //! Shared state of a running server: cheap-to-clone handles to every component.
 
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use harvest_store::Store;

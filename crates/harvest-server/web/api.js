@@ -403,8 +403,16 @@ export function productTile(p, size = "") {
   const title = p?.title ?? "?";
   let hash = 0;
   for (const ch of title) hash = (hash * 31 + ch.codePointAt(0)) % 360;
-  return el(`div.tile${size}`, { style: { background: `linear-gradient(135deg, hsl(${hash} 70% 55%), hsl(${(hash + 40) % 360} 75% 42%))` } }, [...title][0]);
+  const chars = [...title];
+  const cjk = /\p{Script=Han}/u.test(chars[0] ?? "");
+  const label = cjk ? chars.slice(0, 2).join("") : (chars[0] ?? "?").toUpperCase();
+  return el(`div.tile${size}${cjk ? ".cjk" : ""}`, { style: { background: `linear-gradient(135deg, hsl(${hash} 70% 55%), hsl(${(hash + 40) % 360} 75% 42%))` } }, label);
 }
+
+/** How a metric reads on screen. */
+export const METRIC_LABEL = {
+  paid_gmv: "GMV", paid_orders: "Orders", distinct_buyers: "Buyers", likes: "Likes", match_wins: "PK wins", judges: "Judges",
+};
 
 /** Downloads `text` as a file. */
 export function download(name, text, type = "text/plain") {
@@ -455,6 +463,15 @@ export function drawChart(canvas, series) {
       else g.lineTo(x, y);
     });
     g.stroke();
+    if (idx === 0 && vals.length > 1) {
+      g.lineTo(w, h);
+      g.lineTo(0, h);
+      g.closePath();
+      g.globalAlpha = 0.12;
+      g.fillStyle = s.color;
+      g.fill();
+      g.globalAlpha = 1;
+    }
     g.fillStyle = s.color;
     g.font = "12px system-ui, sans-serif";
     const last = vals[vals.length - 1];

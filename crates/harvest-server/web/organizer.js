@@ -2,15 +2,12 @@
 // enter judges' scores, watch live standings, settle, read the audit, export.
 
 import {
-  api, listAll, contest as cachedContest, session, demoConfig, RoomSocket, money, parseMoney,
-  clock, time, num, el, fill, toast, every, download,
+  api, listAll, session, demoConfig, RoomSocket, money, parseMoney,
+  clock, time, num, el, fill, toast, every, download, METRIC_LABEL,
 } from "./api.js";
 
 const KNOWN_KEY = "harvest.console.contests";
 const METRICS = ["paid_gmv", "paid_orders", "distinct_buyers", "likes", "match_wins", "judges"];
-const METRIC_LABEL = {
-  paid_gmv: "GMV", paid_orders: "Orders", distinct_buyers: "Buyers", likes: "Likes", match_wins: "PK wins", judges: "Judges",
-};
 
 function known() {
   try {
@@ -225,11 +222,11 @@ function mountContest(body, contestId) {
       const live = state.scores.get(m.id);
       const scores = live?.scores ?? m.scores;
       return el("li", { dataset: { matchId: m.id, status: m.status } },
-        el("div.row", el(`span.badge.${m.status}`, m.status), el("span", m.metric.replace(/_/g, " ")),
-          m.status === "live" ? el("span.countdown", { dataset: { until: live?.ends_at ?? m.ends_at } }, "") : el("span.muted", time(m.ends_at))),
+        el("div.row", el(`span.badge.${m.status}`, m.status), el("span", `PK on ${METRIC_LABEL[m.metric] ?? m.metric}`),
+          m.status === "live" ? el("span.countdown", { dataset: { until: live?.ends_at ?? m.ends_at } }, `ends in ${clock(Date.parse(live?.ends_at ?? m.ends_at) - Date.now())}`) : el("span.muted", `ended ${time(m.ends_at)}`)),
         el("div", m.participant_ids.map((id) => {
           const v = scores.find((s) => s.participant_id === id)?.value ?? 0;
-          return el("span.chip", `${n.get(id) ?? id}: ${m.metric === "paid_gmv" ? money(v) : num(v)}${m.winner_ids.includes(id) ? " 🏆" : ""}`);
+          return el("span.chip", `${n.get(id) ?? id}: ${m.metric === "paid_gmv" ? money(v) : num(v)}${m.winner_ids.includes(id) ? " · winner" : ""}`);
         })),
         m.status === "ended" && !m.winner_ids.length ? el("span.muted", "no winner") : null);
     })) : el("p.muted", "No match seen yet (matches appear here when they start)."));
@@ -239,7 +236,7 @@ function mountContest(body, contestId) {
     const c = state.contest;
     const boxes = c.participants.map((p, i) => el("label.check", el("input", { type: "checkbox", checked: i < 2, value: p.id, name: "pk_participant" }), ` ${p.name}`));
     const duration = el("input", { type: "number", min: 10, max: 3600, value: "300", name: "duration_s" });
-    const metric = el("select", { name: "metric" }, ["paid_gmv", "paid_orders", "distinct_buyers", "likes"].map((m) => el("option", { value: m }, m)));
+    const metric = el("select", { name: "metric" }, ["paid_gmv", "paid_orders", "distinct_buyers", "likes"].map((m) => el("option", { value: m }, METRIC_LABEL[m])));
     fill(ui.matchForm, el("div.chips", boxes), el("div.row", field("Duration (s)", duration), field("Metric", metric)),
       el("button#schedule-match", { type: "submit" }, "Start PK match"));
     ui.matchForm.onsubmit = async (e) => {

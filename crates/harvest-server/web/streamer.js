@@ -140,7 +140,7 @@ function mountRoom(body, roomId) {
     ui.summary,
     el("div.card", el("div.card-title", el("h3", "Live dashboard"), el("span.muted", "refreshes every 2 s")), ui.tiles, ui.chart),
     el("div.grid2",
-      el("div.card", el("h3", "Flash sales"), ui.sales, el("details#sale-details", { open: true }, el("summary", "Start a flash sale"), ui.saleForm)),
+      el("div.card", el("h3", "Flash sales"), ui.sales, el("details#sale-details", el("summary", "Start a flash sale"), ui.saleForm)),
       el("div.card", el("h3", "Product bag"), ui.bag)),
     el("div.grid2",
       el("div.card", el("h3", "Chat moderation"), ui.chat),
@@ -528,8 +528,14 @@ function mountRoom(body, roomId) {
           break;
         }
         case "order.placed":
-          pushFeed(`order: ${d.buyer} bought ${d.quantity} × ${state.products?.get(d.product_id)?.title ?? d.product_id}`);
-          loadOrders();
+          pushFeed(`order: ${d.buyer} bought ${d.quantity} × ${state.products?.get(d.product_id)?.title ?? "an item"}`);
+          // At most one reload of the orders a second, however busy the sale.
+          if (!state.ordersTimer) {
+            state.ordersTimer = setTimeout(() => {
+              state.ordersTimer = null;
+              loadOrders();
+            }, 1000);
+          }
           break;
         case "chat.message":
           state.chat.push(d);

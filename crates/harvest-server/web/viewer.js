@@ -5,7 +5,7 @@
 
 import {
   api, listAll, product, rememberProduct, contest, session, RoomSocket, newKey,
-  money, clock, time, num, reason, el, fill, toast, productTile, every,
+  money, clock, time, num, reason, el, fill, toast, productTile, every, METRIC_LABEL,
 } from "./api.js";
 
 export function mount(main, [roomId]) {
@@ -42,7 +42,7 @@ function mountPicker(main) {
           el("div.room-card-body",
             el("strong", d.title),
             el("span.muted", d.streamer_id),
-            el("span.stats", `👁 ${num(d.live?.viewers)} · ♥ ${num(d.live?.likes)} · ${d.live?.product_ids?.length ?? 0} products`),
+            el("span.stats", `${num(d.live?.viewers)} watching · ♥ ${num(d.live?.likes)} · ${d.live?.product_ids?.length ?? 0} products`),
             d.live?.active_sale_ids?.length ? el("span.badge.sale", "Flash sale on") : null));
       }));
       fill(list, cards);
@@ -119,7 +119,7 @@ function mountRoom(main, roomId) {
         el(`span.badge.${r.status}`, r.status === "live" ? "LIVE" : r.status)),
       el("div.room-meta",
         el("span.muted", `by ${r.streamer_id}`),
-        el("span#viewers", { title: "viewers now" }, `👁 ${num(state.viewers)}`),
+        el("span#viewers", { title: "viewers now" }, `${num(state.viewers)} watching`),
         el("span#likes", { title: "likes" }, `♥ ${num(state.likes)}`)),
       ui.conn);
   }
@@ -131,7 +131,7 @@ function mountRoom(main, roomId) {
       p ? el("div.pinned#pinned", { dataset: { productId: p.id } },
         productTile(p, ".big"),
         el("div",
-          el("span.badge.pin", "📌 Pinned"),
+          el("span.badge.pin", "Pinned"),
           el("strong", p.title),
           el("span.muted", [p.origin, p.unit].filter(Boolean).join(" · ")),
           el("span.price", money(p.list_price, p.currency))))
@@ -235,7 +235,7 @@ function mountRoom(main, roomId) {
     let banner;
     if (m.status === "ended") {
       const names = m.winner_ids.map((id) => byId.get(id)?.name ?? id);
-      banner = el("div.pk-result#pk-result", m.winner_ids.length === 0 ? "No winner: nobody scored" : m.winner_ids.length > 1 ? `Draw: ${names.join(" = ")}` : `🏆 Winner: ${names[0]}`);
+      banner = el("div.pk-result#pk-result", m.winner_ids.length === 0 ? "No winner: nobody scored" : m.winner_ids.length > 1 ? `Draw: ${names.join(" = ")}` : `Winner: ${names[0]}`);
     } else if (m.status === "scheduled") {
       banner = el("div.pk-result", `starts ${time(m.starts_at)}`);
     }
@@ -243,7 +243,7 @@ function mountRoom(main, roomId) {
     ui.pk.dataset.matchId = m.id;
     ui.pk.dataset.status = m.status;
     fill(ui.pk,
-      el("div.card-title", el("h3", `PK match · ${m.metric.replace(/_/g, " ")}`),
+      el("div.card-title", el("h3", `PK match · ${METRIC_LABEL[m.metric] ?? m.metric}`),
         m.status === "live" ? el("span.countdown.pk-countdown", { dataset: { until: endsAt } }, clock(Date.parse(endsAt) - Date.now())) : el(`span.badge.${m.status}`, m.status)),
       el("div.pk-bar", m.participant_ids.map((id, i) => el("div.pk-seg", {
         style: { flexGrow: String(total ? Math.max(values[i], total * 0.04) : 1), background: colors[i % colors.length] },
@@ -393,7 +393,7 @@ function mountRoom(main, roomId) {
         state.sales.set(d.sale.id, d.sale);
         state.notes.delete(d.sale.id);
         renderSales();
-        if (ev.type === "sale.started") flash(`⚡ Flash sale: ${state.products.get(d.sale.product_id)?.title ?? "a product"} at ${money(d.sale.price, d.sale.currency)}`);
+        if (ev.type === "sale.started") flash(`Flash sale: ${state.products.get(d.sale.product_id)?.title ?? "a product"} at ${money(d.sale.price, d.sale.currency)}`);
         break;
       case "sale.stock": {
         const s = state.sales.get(d.sale_id);
@@ -422,7 +422,7 @@ function mountRoom(main, roomId) {
         break;
       }
       case "order.placed":
-        flash(`🛒 ${d.buyer} bought ${d.quantity} × ${state.products.get(d.product_id)?.title ?? "an item"}`);
+        flash(`${d.buyer} bought ${d.quantity} × ${state.products.get(d.product_id)?.title ?? "an item"}`);
         break;
       case "chat.deleted":
         state.chat = state.chat.filter((m) => m.id !== d.message_id);

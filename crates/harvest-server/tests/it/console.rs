@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harvest_testkit::{spawn_app, free_port};
+use harvest_testkit::{free_port, spawn_app};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_harvest");
@@ -17,7 +17,11 @@ async fn the_console_page_and_every_asset_it_names_load() {
     r.assert_status(200);
     let ct = r.headers["content-type"].to_str().unwrap();
     assert!(ct.starts_with("text/html"), "{ct}");
-    assert!(r.text.contains("<title>Harvest console</title>"), "{}", r.text);
+    assert!(
+        r.text.contains("<title>Harvest console</title>"),
+        "{}",
+        r.text
+    );
     assert_eq!(r.headers["cache-control"], "no-cache");
 
     // Every /console/ file the page names, and every module the scripts import.
@@ -46,7 +50,11 @@ async fn the_console_page_and_every_asset_it_names_load() {
         assert!(ct.starts_with(expected), "{path}: {ct}");
         assert!(asset.headers.get("etag").is_some(), "{path} has an ETag");
         if path.ends_with(".js") {
-            for import in asset.text.split('"').filter(|s| s.starts_with("./") && s.ends_with(".js")) {
+            for import in asset
+                .text
+                .split('"')
+                .filter(|s| s.starts_with("./") && s.ends_with(".js"))
+            {
                 wanted.push(format!("/console/{}", &import[2..]));
             }
         }
@@ -157,7 +165,10 @@ async fn process_demo_seeds_a_living_scenario_and_stops_cleanly() {
         if let Some(exit) = child.try_wait().unwrap() {
             panic!("harvest demo exited early with {exit}");
         }
-        assert!(Instant::now() < deadline, "the demo identities never appeared");
+        assert!(
+            Instant::now() < deadline,
+            "the demo identities never appeared"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let out = std::fs::read_to_string(dir.path().join("demo.out")).unwrap();
@@ -169,7 +180,12 @@ async fn process_demo_seeds_a_living_scenario_and_stops_cleanly() {
         .collect();
     assert_eq!(
         labels,
-        ["Viewer", "Streamer (kiwis)", "Streamer (oranges)", "Organizer"]
+        [
+            "Viewer",
+            "Streamer (kiwis)",
+            "Streamer (oranges)",
+            "Organizer"
+        ]
     );
     for identity in identities {
         let token = identity["token"].as_str().unwrap();
@@ -200,17 +216,21 @@ async fn process_demo_seeds_a_living_scenario_and_stops_cleanly() {
 
     // The rooms live: chat, likes, a flash sale selling, a PK match running.
     let room = rooms[0]["id"].as_str().unwrap().to_owned();
-    eventually(Duration::from_secs(40), "chat, likes and a paid order", || {
-        let client = &client;
-        let url = format!("{base}/api/v1/rooms/{room}/stats");
-        async move {
-            let (_, s) = get_json(client, &url, Some(organizer)).await;
-            s["chat_messages"].as_u64() > Some(0)
-                && s["likes"].as_u64() > Some(0)
-                && s["orders_paid"].as_u64() > Some(0)
-                && s["viewers_now"].as_u64() > Some(0)
-        }
-    })
+    eventually(
+        Duration::from_secs(40),
+        "chat, likes and a paid order",
+        || {
+            let client = &client;
+            let url = format!("{base}/api/v1/rooms/{room}/stats");
+            async move {
+                let (_, s) = get_json(client, &url, Some(organizer)).await;
+                s["chat_messages"].as_u64() > Some(0)
+                    && s["likes"].as_u64() > Some(0)
+                    && s["orders_paid"].as_u64() > Some(0)
+                    && s["viewers_now"].as_u64() > Some(0)
+            }
+        },
+    )
     .await;
     let (_, events) = get_json(
         &client,
@@ -219,7 +239,12 @@ async fn process_demo_seeds_a_living_scenario_and_stops_cleanly() {
     )
     .await;
     let types = events["items"].to_string();
-    for wanted in ["sale.started", "pk.started", "order.placed", "product.pinned"] {
+    for wanted in [
+        "sale.started",
+        "pk.started",
+        "order.placed",
+        "product.pinned",
+    ] {
         assert!(types.contains(wanted), "{wanted} in the room's event log");
     }
 
