@@ -127,6 +127,7 @@ pub fn router(state: AppState) -> Router {
                 }
             }),
         )
+        .route("/console/{file}", axum::routing::get(crate::console::asset))
         .fallback(|| async {
             ApiError::new(harvest_proto::ErrorCode::NotFound, "no such endpoint")
         })
@@ -147,6 +148,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
+        .routes(routes!(crate::console::index))
         .routes(routes!(products::create_product, products::list_products))
         .routes(routes!(products::get_product))
         .routes(routes!(rooms::create_room, rooms::list_rooms))

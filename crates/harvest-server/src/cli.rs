@@ -1,5 +1,5 @@
-//! The `harvest` command line: `serve`, `migrate`, `token`, `config`, `reconcile`,
-//! `contest replay`.
+//! The `harvest` command line: `serve`, `demo`, `migrate`, `token`, `config`,
+//! `reconcile`, `contest replay`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -39,6 +39,10 @@ pub struct CommonArgs {
 pub enum Command {
     /// Run the service.
     Serve(#[command(flatten)] CommonArgs),
+    /// Run the service with a seeded, living scenario: farm products, two live rooms,
+    /// simulated viewers chatting and buying, flash sales, a PK match and a contest;
+    /// prints the console URLs and ready-made tokens.
+    Demo(#[command(flatten)] CommonArgs),
     /// Apply SQL migrations and exit.
     Migrate(#[command(flatten)] CommonArgs),
     /// Print a bearer token (and a newline) signed with the configured secret.
@@ -148,6 +152,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "harvest is serving"
             );
             crate::serve(listener, state, crate::app::shutdown_signal()).await
+        }
+        Command::Demo(common) => {
+            let settings = common.settings()?;
+            crate::telemetry::init(settings.log_format);
+            crate::demo::run(settings).await
         }
         Command::Migrate(common) => {
             let settings = common.settings()?;

@@ -1,7 +1,7 @@
 //! Shared state of a running server: cheap-to-clone handles to every component.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use harvest_store::Store;
@@ -37,6 +37,8 @@ pub struct Components {
     pub payments: crate::payments::Payments,
     pub contests: crate::contests::Contests,
     shutting_down: AtomicBool,
+    /// The demo identities the console offers; set only by `harvest demo`.
+    demo_identities: OnceLock<serde_json::Value>,
 }
 
 impl AppState {
@@ -64,6 +66,7 @@ impl AppState {
             payments,
             contests,
             shutting_down: AtomicBool::new(false),
+            demo_identities: OnceLock::new(),
         };
         Self {
             inner: Arc::new(components),
@@ -77,6 +80,17 @@ impl AppState {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Hands the console its one-click demo identities (tokens included). Only
+    /// `harvest demo` calls this; a plain `serve` never exposes any.
+    pub fn set_demo_identities(&self, identities: serde_json::Value) {
+        let _ = self.demo_identities.set(identities);
+    }
+
+    /// The demo identities, when this server runs as `harvest demo`.
+    pub fn demo_identities(&self) -> Option<&serde_json::Value> {
+        self.demo_identities.get()
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -218,6 +218,13 @@ fn rows() -> Vec<Row> {
         },
         Row {
             method: Method::GET,
+            path: |_| "/".into(),
+            body: |_| None,
+            idempotent: false,
+            expect: public,
+        },
+        Row {
+            method: Method::GET,
             path: |_| "/openapi.json".into(),
             body: |_| None,
             idempotent: false,

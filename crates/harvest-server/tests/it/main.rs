@@ -3,6 +3,7 @@
 
 mod authz;
 mod cluster;
+mod console;
 mod contests;
 mod deploy;
 mod faults;

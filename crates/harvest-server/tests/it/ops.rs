@@ -111,6 +111,7 @@ async fn openapi_documents_every_route_with_errors() {
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),
+        ("/", &["get"]),
         ("/api/v1/products", &["get", "post"]),
         ("/api/v1/products/{id}", &["get"]),
         ("/api/v1/rooms", &["get", "post"]),
