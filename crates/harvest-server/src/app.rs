@@ -63,9 +63,14 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     let flash = crate::flash::FlashSales::start(&settings, store.clone(), live.clone())
         .await
         .context("cannot start the flash-sale engine")?;
-    let contests = crate::contests::Contests::start(store.clone(), live.clone())
-        .await
-        .context("cannot start the contests")?;
+    let contests = crate::contests::Contests::start(
+        store.clone(),
+        live.clone(),
+        settings.redis_url.is_some(),
+        &settings.node_id,
+    )
+    .await
+    .context("cannot start the contests")?;
     let payments = crate::payments::Payments::start(
         &settings,
         store.clone(),

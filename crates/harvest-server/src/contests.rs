@@ -18,6 +18,13 @@
 //!   that time) scores the stored record with a fresh engine, settled at that time,
 //!   and stores the standings and the audit once; later refunds change nothing.
 //!   `harvest contest replay` recomputes them with the batch scorer.
+//! - **Several nodes** (Redis configured): each node picks up the open contests others
+//!   created and rebuilds each engine from the shared SQL record every 2 s, so orders,
+//!   likes and judges recorded through any node count everywhere; one node at a time
+//!   (the holder of a lease in the contest's row, renewed every second, taken over
+//!   within 3 s when its node dies) pushes `pk.score` and `contest.standings`, so the
+//!   rooms never get them faster than their limits. Match start and end and
+//!   settlement stay compare-and-sets, done by whichever node comes first.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,6 +57,15 @@ const STANDINGS_EVERY_MS: i64 = 1000;
 /// A match is closed this long after its end, so payments recorded at its last
 /// instant are in its final scores.
 const MATCH_CLOSE_DELAY_MS: i64 = 200;
+/// With several nodes: how often each open contest's engine is rebuilt from the shared
+/// SQL record (orders paid through other nodes, their likes and judges), and new
+/// contests are picked up.
+const SHARED_SYNC_MS: i64 = 2000;
+/// With several nodes: the pusher lease's length and how often it is renewed.
+const PUSHER_LEASE_MS: i64 = 3000;
+const PUSHER_RENEW_MS: i64 = 1000;
+/// Events applied here are kept this long, to apply again to a rebuilt engine.
+const RECENT_MS: i64 = 10_000;
 
 /// A contest's frozen results, as stored at settlement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +91,10 @@ struct Inner {
     likes: parking_lot::Mutex<HashMap<(String, i64), u64>>,
     /// Serialises match creation, so two requests cannot both find a participant free.
     match_lock: tokio::sync::Mutex<()>,
+    /// Other nodes share the store (Redis configured): engines are rebuilt from SQL
+    /// periodically and one node at a time pushes each contest's scores.
+    shared: bool,
+    node_id: String,
 }
 
 /// An open contest: its engine and its matches that have not ended.
@@ -91,6 +111,15 @@ struct Open {
     last_judge_ms: AtomicI64,
     /// Serialises the contest's clock steps and its settlement.
     ops: tokio::sync::Mutex<()>,
+    /// Events applied on this node lately (payments, refunds, judges, match results),
+    /// applied again to an engine rebuilt from SQL in case the rebuild read the record
+    /// before they were written.
+    recent: parking_lot::Mutex<Vec<(i64, Event)>>,
+    /// With several nodes: whether this node pushes the contest's scores and standings,
+    /// and when the lease was last renewed.
+    pusher: AtomicBool,
+    lease_renewed_ms: AtomicI64,
+    synced_ms: AtomicI64,
 }
 
 struct LiveMatch {
@@ -286,6 +315,12 @@ impl Open {
     /// Applies an event; marks the standings and every live match dirty when a
     /// participant's metric values changed.
     fn apply(&self, event: &Event) {
+        if !matches!(event, Event::Likes(_)) {
+            let now = now_ms();
+            let mut recent = self.recent.lock();
+            recent.retain(|(at, _)| now - at < RECENT_MS);
+            recent.push((now, event.clone()));
+        }
         let applied = self.engine.lock().apply(event);
         if matches!(applied, Applied::Recorded { changed: true }) {
             self.dirty.store(true, Ordering::Release);
@@ -327,7 +362,12 @@ impl Open {
 impl Contests {
     /// Loads every open contest from the store, then starts the match clock and the
     /// like-tally writer.
-    pub async fn start(store: Store, live: Live) -> anyhow::Result<Self> {
+    pub async fn start(
+        store: Store,
+        live: Live,
+        shared: bool,
+        node_id: &str,
+    ) -> anyhow::Result<Self> {
         let contests = Self {
             inner: Arc::new(Inner {
                 store: store.clone(),
@@ -336,6 +376,8 @@ impl Contests {
                 by_room: DashMap::new(),
                 likes: parking_lot::Mutex::new(HashMap::new()),
                 match_lock: tokio::sync::Mutex::new(()),
+                shared,
+                node_id: node_id.to_owned(),
             }),
         };
         for row in store.open_contests().await? {
@@ -381,6 +423,10 @@ impl Contests {
             last_standings_ms: AtomicI64::new(0),
             last_judge_ms: AtomicI64::new(last_judge_ms),
             ops: tokio::sync::Mutex::new(()),
+            recent: parking_lot::Mutex::new(Vec::new()),
+            pusher: AtomicBool::new(false),
+            lease_renewed_ms: AtomicI64::new(0),
+            synced_ms: AtomicI64::new(now_ms()),
         });
         self.inner.open.insert(open.row.id.clone(), open.clone());
         for room in open.rooms_of(None) {
@@ -898,8 +944,13 @@ impl Contests {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut discovered = 0;
             loop {
                 tick.tick().await;
+                if contests.inner.shared && now_ms() - discovered >= SHARED_SYNC_MS {
+                    discovered = now_ms();
+                    contests.discover().await;
+                }
                 let open: Vec<Arc<Open>> = contests
                     .inner
                     .open
@@ -928,8 +979,16 @@ impl Contests {
             return;
         };
         let now = now_ms();
+        if self.inner.shared {
+            self.renew_lease(open, now).await;
+            if now - open.synced_ms.load(Ordering::Relaxed) >= SHARED_SYNC_MS {
+                open.synced_ms.store(now, Ordering::Relaxed);
+                self.resync(open).await;
+            }
+        }
         self.step_matches(open, now).await;
-        if open.dirty.load(Ordering::Acquire)
+        if self.pushes(open)
+            && open.dirty.load(Ordering::Acquire)
             && now - open.last_standings_ms.load(Ordering::Relaxed) >= STANDINGS_EVERY_MS
         {
             open.dirty.store(false, Ordering::Release);
@@ -954,6 +1013,7 @@ impl Contests {
             End(MatchRow),
             Score(MatchRow),
         }
+        let pushes = self.pushes(open);
         let due: Vec<Due> = {
             let mut matches = open.matches.lock();
             matches
@@ -966,6 +1026,7 @@ impl Contests {
                     {
                         Some(Due::End(m.row.clone()))
                     } else if m.row.phase == MatchPhase::Live
+                        && pushes
                         && m.dirty
                         && now - m.last_score_ms >= PK_SCORE_EVERY_MS
                     {
@@ -983,6 +1044,91 @@ impl Contests {
                 Due::End(row) => self.end_match(open, row, now).await,
                 Due::Score(row) => self.push_score(open, row, now).await,
             }
+        }
+    }
+
+    /// Whether this node pushes the contest's live scores and standings: always on a
+    /// single node; with several, the holder of the contest's lease.
+    fn pushes(&self, open: &Open) -> bool {
+        !self.inner.shared || open.pusher.load(Ordering::Acquire)
+    }
+
+    async fn renew_lease(&self, open: &Open, now: i64) {
+        if now - open.lease_renewed_ms.load(Ordering::Relaxed) < PUSHER_RENEW_MS {
+            return;
+        }
+        open.lease_renewed_ms.store(now, Ordering::Relaxed);
+        match self
+            .inner
+            .store
+            .claim_contest_pusher(
+                &open.row.id,
+                &self.inner.node_id,
+                now,
+                now + PUSHER_LEASE_MS,
+            )
+            .await
+        {
+            Ok(held) => open.pusher.store(held, Ordering::Release),
+            Err(e) => {
+                // Unsure: stop pushing rather than risk two pushers.
+                open.pusher.store(false, Ordering::Release);
+                tracing::warn!(contest_id = %open.row.id, error = %e, "cannot renew the pusher lease");
+            }
+        }
+    }
+
+    /// Rebuilds the contest's engine from the shared SQL record (payments, refunds,
+    /// likes and judges recorded by every node), then applies this node's recent events
+    /// again in case the record was read before they were written.
+    async fn resync(&self, open: &Arc<Open>) {
+        let Ok((rules, participants)) = parse_contest(&open.row) else {
+            return;
+        };
+        let events = match record(&self.inner.store, &open.row, &participants).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(contest_id = %open.row.id, error = %e, "cannot read the contest's record");
+                return;
+            }
+        };
+        let Ok(mut engine) = Engine::new(rules, participants) else {
+            return;
+        };
+        for event in &events {
+            engine.apply(event);
+        }
+        let recent: Vec<Event> = open.recent.lock().iter().map(|(_, e)| e.clone()).collect();
+        for event in &recent {
+            engine.apply(event);
+        }
+        let changed = {
+            let mut current = open.engine.lock();
+            let changed = current.standings() != engine.standings();
+            *current = engine;
+            changed
+        };
+        if changed {
+            open.dirty.store(true, Ordering::Release);
+            for m in open.matches.lock().iter_mut() {
+                m.dirty = true;
+            }
+        }
+    }
+
+    /// Picks up contests other nodes created.
+    async fn discover(&self) {
+        match self.inner.store.open_contests().await {
+            Ok(rows) => {
+                for row in rows {
+                    if self.open(&row.id).is_none()
+                        && let Err(e) = self.load(row).await
+                    {
+                        tracing::warn!(error = %e, "cannot load a contest");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot look for new contests"),
         }
     }
 

@@ -305,6 +305,31 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Takes or renews the lease that lets `node` push a contest's live scores until
+    /// `until_ms`; true when `node` holds it (it was free, lapsed, or already its own).
+    pub async fn claim_contest_pusher(
+        &self,
+        id: &str,
+        node: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = self
+            .timed(
+                sqlx::query(
+                    "UPDATE contests SET pusher = $1, pusher_until = $2 WHERE id = $3 \
+                     AND (pusher IS NULL OR pusher = $1 OR pusher_until < $4)",
+                )
+                .bind(node)
+                .bind(until_ms)
+                .bind(id)
+                .bind(now_ms)
+                .execute(&self.pool),
+            )
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Creates a PK match in phase `scheduled`.
     pub async fn create_match(&self, new: NewMatch) -> Result<MatchRow, StoreError> {
         let row = MatchRow {

@@ -459,3 +459,139 @@ async fn process_cluster_node_killed_mid_sale_loses_nothing() {
     );
     assert!(got.last().copied().unwrap() >= last);
 }
+
+#[tokio::test]
+async fn cluster_contest_counts_orders_paid_through_either_node_with_one_score_pusher() {
+    let redis = PrivateRedis::start().await;
+    let (a, b) = two_nodes(&redis).await;
+    let kiwi = a.streamer("kiwi-x");
+    let orange = a.streamer("orange-x");
+    let (room_k, product_k) = live_room(&a, &kiwi).await;
+    let (room_o, product_o) = live_room(&a, &orange).await;
+    let mut sales = Vec::new();
+    for (room, product, owner) in [(&room_k, &product_k, &kiwi), (&room_o, &product_o, &orange)] {
+        let s = a
+            .post(
+                &format!("/api/v1/rooms/{room}/flash-sales"),
+                Some(owner),
+                &json!({"product_id": product, "price": 1000, "stock": 100, "per_user_limit": 10}),
+            )
+            .await;
+        s.assert_status(201);
+        sales.push(id(&s.body));
+    }
+    let organizer = a.organizer("festival-x");
+    let now = chrono::Utc::now();
+    let c = a
+        .post(
+            "/api/v1/contests",
+            Some(&organizer),
+            &json!({
+                "title": "two nodes",
+                "starts_at": (now - chrono::Duration::seconds(1)).to_rfc3339(),
+                "ends_at": (now + chrono::Duration::seconds(60)).to_rfc3339(),
+                "participants": [
+                    {"name": "kiwi", "owner_id": "kiwi-x", "room_ids": [room_k]},
+                    {"name": "orange", "owner_id": "orange-x", "room_ids": [room_o]}],
+                "scoring": {"metrics": [{"metric": "paid_gmv", "weight": 100}]}
+            }),
+        )
+        .await;
+    c.assert_status(201);
+    let contest = id(&c.body);
+    let team_k = c.body["participants"][0]["id"].as_str().unwrap().to_owned();
+    let team_o = c.body["participants"][1]["id"].as_str().unwrap().to_owned();
+    let mut viewer_k = WsClient::connect(&b.base_url, &room_k, "", None).await;
+    let mut viewer_o = WsClient::connect(&a.base_url, &room_o, "", None).await;
+    wait_event(&mut viewer_k, "room.snapshot", Duration::from_secs(5)).await;
+    wait_event(&mut viewer_o, "room.snapshot", Duration::from_secs(5)).await;
+    let m = a
+        .post(
+            &format!("/api/v1/contests/{contest}/matches"),
+            Some(&organizer),
+            &json!({"participant_ids": [team_k, team_o], "duration_s": 10}),
+        )
+        .await;
+    m.assert_status(201);
+    let match_id = id(&m.body);
+    // Kiwi buyers pay through node B, orange buyers through node A: 3 against 2.
+    for (i, (node, sale)) in [
+        (&b, &sales[0]),
+        (&b, &sales[0]),
+        (&b, &sales[0]),
+        (&a, &sales[1]),
+        (&a, &sales[1]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let buyer = node.viewer(&format!("x-buyer-{i}"));
+        let hold = node.reserve(&buyer, sale, &key(), &json!({})).await;
+        hold.assert_status(201);
+        node.request_with(
+            reqwest::Method::POST,
+            &format!("/api/v1/holds/{}/checkout", id(&hold.body)),
+            Some(&buyer),
+            &[("Idempotency-Key", &key())],
+            Some(&json!({"method": "simulated"})),
+        )
+        .await
+        .assert_status(200);
+    }
+    // Node A created the contest; within a few seconds its standings include the
+    // orders paid through node B, and so do node B's.
+    for node in [&a, &b] {
+        let until = Instant::now() + Duration::from_secs(6);
+        loop {
+            let s = node
+                .get(&format!("/api/v1/contests/{contest}/standings"), None)
+                .await;
+            s.assert_status(200);
+            let gmv = |p: &str| {
+                s.body["rows"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|r| r["participant_id"] == p)
+                    .map(|r| r["metrics"]["paid_gmv"].as_i64().unwrap())
+            };
+            if gmv(&team_k) == Some(3000) && gmv(&team_o) == Some(2000) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "standings never counted both nodes: {}",
+                s.body
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // One node pushes the score bar: at most two pk.score a second in each room, and
+    // one pk.ended with the kiwi team ahead.
+    for viewer in [&mut viewer_k, &mut viewer_o] {
+        let until = Instant::now() + Duration::from_secs(14);
+        let mut scores = Vec::new();
+        let mut ended = Vec::new();
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match viewer.try_next(left).await {
+                Some(WsItem::Event(e)) if e["type"] == "pk.score" => scores.push(e),
+                Some(WsItem::Event(e)) if e["type"] == "pk.ended" => {
+                    ended.push(e);
+                    break;
+                }
+                Some(WsItem::Event(_)) => {}
+                Some(WsItem::Closed(code)) => panic!("closed with {code:?}"),
+                None => break,
+            }
+        }
+        assert_eq!(ended.len(), 1, "one pk.ended");
+        assert_eq!(ended[0]["data"]["match"]["id"], match_id.as_str());
+        assert_eq!(ended[0]["data"]["match"]["winner_ids"], json!([team_k]));
+        for pair in scores.windows(2) {
+            let gap = pair[1]["ts"].as_i64().unwrap() - pair[0]["ts"].as_i64().unwrap();
+            assert!(gap >= 500, "pk.score {gap} ms apart: one pusher at a time");
+        }
+    }
+    b.stop().await;
+    a.stop().await;
+}
