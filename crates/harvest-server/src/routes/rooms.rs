@@ -181,16 +181,16 @@ pub async fn get_room(
         state.store.pinned_product(&id)
     )?;
     let active_sale_ids = state.flash.room_sale_ids(&id).await?;
-    let stats = state.live.room_stats(&id);
+    let channel = state.live.hub.existing_room(&id);
     Ok(axum::Json(RoomDetail {
         room,
         live: RoomLive {
-            viewers: stats.viewers_now,
-            likes: stats.likes,
+            viewers: channel.as_ref().map_or(0, |c| c.viewers_total()),
+            likes: channel.as_ref().map_or(0, |c| c.likes_total()),
             pinned_product_id,
             product_ids,
             active_sale_ids,
-            match_id: None,
+            match_id: state.contests.room_match(&id).map(|m| m.id),
         },
     }))
 }

@@ -234,6 +234,10 @@ async fn pk_match_end_to_end_with_refund_before_settlement_and_replay() {
     let live = app.get(&format!("/api/v1/matches/{match_id}"), None).await;
     live.assert_status(200);
     assert_eq!(live.body["status"], "live");
+    for room in [&room_a, &room_b] {
+        let r = app.get(&format!("/api/v1/rooms/{room}"), None).await;
+        assert_eq!(r.body["live"]["match_id"], match_id.as_str(), "{}", r.body);
+    }
 
     let until = Instant::now() + Duration::from_secs(14);
     let types = ["pk.started", "pk.score", "pk.ended", "contest.standings"];
