@@ -831,28 +831,57 @@ async fn matches_judges_and_settlement_rules() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn contest_settles_itself_and_counts_likes() {
-    let app = spawn_app().await;
-    let (_, room_a, _, _) = shop(&app, "l-kiwi", 1000).await;
-    let (_, room_b, _, _) = shop(&app, "l-orange", 1000).await;
-    let organizer = app.organizer("l-office");
+/// Two streamers' shops (`{tag}-kiwi`, `{tag}-orange`) and a contest between them by
+/// `{tag}-office`, live from `starts_ms` to `ends_ms` (offsets from now), no grace.
+struct Duel {
+    organizer: String,
+    contest: String,
+    teams: [String; 2],
+    rooms: [String; 2],
+    sales: [String; 2],
+}
+
+async fn duel(app: &TestApp, tag: &str, starts_ms: i64, ends_ms: i64, scoring: Value) -> Duel {
+    let (kiwi, orange) = (format!("{tag}-kiwi"), format!("{tag}-orange"));
+    let (_, room_a, _, sale_a) = shop(app, &kiwi, 1000).await;
+    let (_, room_b, _, sale_b) = shop(app, &orange, 1000).await;
+    let organizer = app.organizer(&format!("{tag}-office"));
     let c = app
         .post(
             "/api/v1/contests",
             Some(&organizer),
             &contest_body(
-                &[("l-kiwi", &room_a), ("l-orange", &room_b)],
-                &at(-2000),
-                &at(4000),
+                &[(&kiwi, &room_a), (&orange, &room_b)],
+                &at(starts_ms),
+                &at(ends_ms),
                 0,
-                json!({"metrics": [{"metric": "likes", "weight": 100}]}),
+                scoring,
             ),
         )
         .await;
     c.assert_status(201);
-    let contest = id(&c.body);
-    let team_a = c.body["participants"][0]["id"].as_str().unwrap().to_owned();
+    let team = |i: usize| c.body["participants"][i]["id"].as_str().unwrap().to_owned();
+    Duel {
+        contest: id(&c.body),
+        teams: [team(0), team(1)],
+        rooms: [room_a, room_b],
+        sales: [sale_a, sale_b],
+        organizer,
+    }
+}
+
+#[tokio::test]
+async fn contest_settles_itself_and_counts_likes() {
+    let app = spawn_app().await;
+    let d = duel(
+        &app,
+        "l",
+        -2000,
+        4000,
+        json!({"metrics": [{"metric": "likes", "weight": 100}]}),
+    )
+    .await;
+    let (contest, team_a, room_a) = (d.contest, d.teams[0].clone(), d.rooms[0].clone());
     let fan = app.viewer("fan");
     let mut ws = WsClient::connect(&app.base_url, &room_a, &format!("token={fan}"), None).await;
     ws.event_of("room.snapshot").await;
@@ -901,26 +930,21 @@ async fn contest_settles_itself_and_counts_likes() {
 #[tokio::test]
 async fn a_match_ends_on_time_after_a_restart() {
     let app = spawn_app().await;
-    let (_, room_a, _, sale_a) = shop(&app, "r-kiwi", 1000).await;
-    let (_, room_b, _, _) = shop(&app, "r-orange", 1000).await;
-    let organizer = app.organizer("r-office");
-    let c = app
-        .post(
-            "/api/v1/contests",
-            Some(&organizer),
-            &contest_body(
-                &[("r-kiwi", &room_a), ("r-orange", &room_b)],
-                &at(-1000),
-                &at(120_000),
-                0,
-                json!({"metrics": [{"metric": "paid_orders", "weight": 1}]}),
-            ),
-        )
-        .await;
-    c.assert_status(201);
-    let contest = id(&c.body);
-    let team_a = c.body["participants"][0]["id"].as_str().unwrap().to_owned();
-    let team_b = c.body["participants"][1]["id"].as_str().unwrap().to_owned();
+    let d = duel(
+        &app,
+        "r",
+        -1000,
+        120_000,
+        json!({"metrics": [{"metric": "paid_orders", "weight": 1}]}),
+    )
+    .await;
+    let [team_a, team_b] = d.teams.clone();
+    let (contest, organizer, sale_a, room_b) = (
+        d.contest,
+        d.organizer,
+        d.sales[0].clone(),
+        d.rooms[1].clone(),
+    );
     let m = app
         .post(
             &format!("/api/v1/contests/{contest}/matches"),
