@@ -140,14 +140,8 @@ impl FlashSales {
         let (engine, backend): (Arc<dyn StockEngine>, &'static str) = match &settings.redis_url {
             None => (Arc::new(MemoryEngine::new()), "memory"),
             Some(url) => {
-                let urls: Vec<&str> = url.expose().split(',').map(str::trim).collect();
-                if urls.len() > 1 {
-                    anyhow::bail!(
-                        "redis_url lists {} servers: the stock engine needs one Redis server",
-                        urls.len()
-                    );
-                }
-                let mut cfg = RedisConfig::new(urls[0]);
+                // One server, or the nodes of a Redis Cluster.
+                let mut cfg = RedisConfig::new(url.expose());
                 cfg.timeout = Duration::from_millis(settings.redis_timeout_ms.max(1));
                 cfg.key_prefix = settings.redis_key_prefix.clone();
                 let engine = RedisEngine::new(cfg)

@@ -112,14 +112,11 @@ impl Payments {
         contests: Contests,
     ) -> anyhow::Result<Self> {
         let journal = match &settings.redis_url {
-            Some(url) => {
-                let first = url.expose().split(',').next().unwrap_or_default().trim();
-                Journal::redis(
-                    first,
-                    &settings.redis_key_prefix,
-                    Duration::from_millis(settings.redis_timeout_ms.max(1)),
-                )?
-            }
+            Some(url) => Journal::redis(
+                url.expose(),
+                &settings.redis_key_prefix,
+                Duration::from_millis(settings.redis_timeout_ms.max(1)),
+            )?,
             None => Journal::file(settings.data_dir.join("order-journal.jsonl")).await?,
         };
         let (tx, rx) = mpsc::channel::<WriteReq>(16_384);
@@ -427,8 +424,8 @@ enum Journal {
     File { path: PathBuf, lock: Mutex<()> },
     /// A Redis stream (one entry per confirmation).
     Redis {
-        client: redis::Client,
-        conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+        /// One server or a Redis Cluster (both keys share one hash tag).
+        conn: harvest_stock::RedisConn,
         /// The stream of confirmations.
         key: String,
         /// Hold id → its journaled confirmation (the first one wins).
@@ -450,39 +447,12 @@ impl Journal {
 
     fn redis(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self::Redis {
-            client: redis::Client::open(url)?,
-            conn: tokio::sync::OnceCell::new(),
+            conn: harvest_stock::RedisConn::new_lazy(url, timeout)?,
             // One hash tag: both keys live in one Redis Cluster slot.
             key: format!("{prefix}{{journal}}:orders"),
             holds: format!("{prefix}{{journal}}:holds"),
             timeout,
         })
-    }
-
-    /// The Redis connection, made on first use (and remade by the manager after a loss).
-    async fn redis_conn(
-        client: &redis::Client,
-        cell: &tokio::sync::OnceCell<redis::aio::ConnectionManager>,
-        timeout: Duration,
-    ) -> anyhow::Result<redis::aio::ConnectionManager> {
-        let conn = cell
-            .get_or_try_init(|| async {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout));
-                match tokio::time::timeout(
-                    timeout,
-                    redis::aio::ConnectionManager::new_with_config(client.clone(), config),
-                )
-                .await
-                {
-                    Ok(Ok(conn)) => Ok(conn),
-                    Ok(Err(e)) => Err(anyhow::anyhow!("order journal: Redis: {e}")),
-                    Err(_) => Err(anyhow::anyhow!("order journal: Redis connect timed out")),
-                }
-            })
-            .await?;
-        Ok(conn.clone())
     }
 
     /// Journals a confirmation unless the hold's order is journaled already; returns
@@ -503,13 +473,12 @@ impl Journal {
                 Ok(paid.clone())
             }
             Self::Redis {
-                client,
                 conn,
                 key,
                 holds,
                 timeout,
             } => {
-                let mut conn = Self::redis_conn(client, conn, *timeout).await?;
+                let mut conn = conn.clone();
                 // The first confirmation of a hold wins across nodes.
                 let script = redis::Script::new(
                     "if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then \
@@ -548,13 +517,9 @@ impl Journal {
                 Ok(out)
             }
             Self::Redis {
-                client,
-                conn,
-                key,
-                timeout,
-                ..
+                conn, key, timeout, ..
             } => {
-                let mut conn = Self::redis_conn(client, conn, *timeout).await?;
+                let mut conn = conn.clone();
                 let entries = tokio::time::timeout(
                     *timeout,
                     redis::cmd("XRANGE")
@@ -603,7 +568,6 @@ impl Journal {
                 Ok(())
             }
             Self::Redis {
-                client,
                 conn,
                 key,
                 holds,
@@ -612,7 +576,7 @@ impl Journal {
                 if ids.is_empty() {
                     return Ok(());
                 }
-                let mut conn = Self::redis_conn(client, conn, *timeout).await?;
+                let mut conn = conn.clone();
                 let hold_ids: Vec<&String> =
                     entries.iter().map(|(_, p)| &p.order.hold_id).collect();
                 tokio::time::timeout(
@@ -647,13 +611,9 @@ impl Journal {
                 }
             }
             Self::Redis {
-                client,
-                conn,
-                key,
-                timeout,
-                ..
+                conn, key, timeout, ..
             } => {
-                let mut conn = Self::redis_conn(client, conn, *timeout).await?;
+                let mut conn = conn.clone();
                 Ok(tokio::time::timeout(
                     *timeout,
                     redis::cmd("XLEN").arg(key).query_async::<u64>(&mut conn),

@@ -1,5 +1,6 @@
 //! The Redis readiness check: one reconnecting connection per configured node, each
-//! call bounded by the Redis timeout.
+//! call bounded by the Redis timeout. With several nodes (a Redis Cluster) each must
+//! also report `cluster_state:ok`: a node that lost its slots' owners refuses commands.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio::sync::OnceCell;
 pub struct RedisCheck {
     nodes: std::sync::Arc<Vec<Node>>,
     timeout: Duration,
+    cluster: bool,
 }
 
 struct Node {
@@ -21,16 +23,17 @@ struct Node {
 impl RedisCheck {
     /// Parses the (comma-separated) URLs; connects lazily on the first check.
     pub fn new(urls: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
-        let nodes = urls
-            .split(',')
+        let nodes = harvest_stock::redis_urls(urls)
+            .iter()
             .map(|u| {
                 Ok(Node {
-                    client: redis::Client::open(u.trim())?,
+                    client: redis::Client::open(u.as_str())?,
                     conn: OnceCell::new(),
                 })
             })
             .collect::<Result<Vec<_>, redis::RedisError>>()?;
         Ok(Self {
+            cluster: nodes.len() > 1,
             nodes: std::sync::Arc::new(nodes),
             timeout,
         })
@@ -39,7 +42,7 @@ impl RedisCheck {
     /// `Ok` when every node answers PING within the timeout.
     pub async fn ping(&self) -> Result<(), String> {
         for node in self.nodes.iter() {
-            tokio::time::timeout(self.timeout, node.ping(self.timeout))
+            tokio::time::timeout(self.timeout, node.ping(self.timeout, self.cluster))
                 .await
                 .map_err(|_| "timed out".to_owned())??;
         }
@@ -48,7 +51,7 @@ impl RedisCheck {
 }
 
 impl Node {
-    async fn ping(&self, timeout: Duration) -> Result<(), String> {
+    async fn ping(&self, timeout: Duration, cluster: bool) -> Result<(), String> {
         let conn = self
             .conn
             .get_or_try_init(|| async {
@@ -65,10 +68,19 @@ impl Node {
             .query_async(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(format!("unexpected answer {pong:?}"))
+        if pong != "PONG" {
+            return Err(format!("unexpected answer {pong:?}"));
         }
+        if cluster {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                return Err("the Redis Cluster is not ok (cluster_state)".into());
+            }
+        }
+        Ok(())
     }
 }

@@ -22,7 +22,8 @@
 //! - [`MemoryEngine`]: the embedded default. Per-sale state behind its own mutex, a
 //!   per-sale expiry index; no global lock.
 //! - [`RedisEngine`]: one Lua script call per decision on keys that share the sale's
-//!   hash tag (Cluster-ready), a per-sale expiry zset swept in small batches, a timeout
+//!   hash tag, on one Redis server or a Redis Cluster ([`RedisConn`]: several
+//!   comma-separated node URLs), a per-sale expiry zset swept in small batches, a timeout
 //!   on every call, and a per-sale marker key whose absence reports
 //!   [`StockError::SaleStateLost`] so the caller can [`StockEngine::restore_sale`] from
 //!   its system of record. See the [`redis` module](crate::redis) for the key layout.
@@ -73,7 +74,7 @@ mod memory;
 pub mod redis;
 mod types;
 
-pub use crate::redis::{RedisConfig, RedisEngine};
+pub use crate::redis::{RedisConfig, RedisConn, RedisEngine, redis_urls};
 pub use coalescer::{Coalescer, CoalescerConfig, CoalescerStats};
 pub use engine::StockEngine;
 pub use error::StockError;

@@ -24,7 +24,7 @@ use serde_json::Value;
 pub use database::{TestBackend, TestDatabase};
 pub use process::{HarvestProcess, free_port};
 pub use reqwest::StatusCode;
-pub use servers::{PrivatePostgres, PrivateRedis};
+pub use servers::{PrivatePostgres, PrivateRedis, PrivateRedisCluster};
 pub use ws::{WsClient, WsItem};
 
 /// A running server and what a test needs to talk to it.

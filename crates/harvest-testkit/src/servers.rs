@@ -156,6 +156,173 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// A local Redis Cluster of three masters (no replicas), each a `redis-server
+/// --cluster-enabled yes` child on free ports of 127.0.0.1 in a temporary folder, joined
+/// with `redis-cli --cluster create`. The servers are stopped when it is dropped.
+pub struct PrivateRedisCluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<(u16, Child)>,
+}
+
+impl PrivateRedisCluster {
+    /// Starts three masters, creates the cluster (all 16384 slots) and waits until every
+    /// node reports `cluster_state:ok`. Panics with the reason when it cannot (for
+    /// example `redis-cli` missing: it comes with the `redis-tools` package).
+    pub async fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("harvest-redis-cluster-")
+            .tempdir()
+            .expect("temp dir for the redis cluster");
+        let mut cluster = Self {
+            dir,
+            nodes: Vec::new(),
+        };
+        while cluster.nodes.len() < 3 {
+            let mut last = String::new();
+            let mut started = false;
+            for _ in 0..5 {
+                match cluster.spawn_node().await {
+                    Ok(node) => {
+                        cluster.nodes.push(node);
+                        started = true;
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            assert!(started, "cannot start a cluster redis-server: {last}");
+        }
+        let mut create = tokio::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for (port, _) in &cluster.nodes {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = match tokio::time::timeout(START_TIMEOUT, create.output()).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-cli is not installed: the Redis Cluster tests need `redis-cli --cluster \
+                 create` (Debian/Ubuntu: apt-get install redis-tools, or redis-server)"
+            ),
+            Ok(Err(e)) => panic!("cannot run redis-cli --cluster create: {e}"),
+            Err(_) => panic!("redis-cli --cluster create did not finish in {START_TIMEOUT:?}"),
+        };
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        for (port, _) in &cluster.nodes {
+            loop {
+                let info = resp_command(*port, &["CLUSTER", "INFO"]).await;
+                if info
+                    .as_deref()
+                    .is_some_and(|i| i.lines().any(|l| l.trim() == "cluster_state:ok"))
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the Redis Cluster never reported cluster_state:ok on port {port}: {info:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        cluster
+    }
+
+    /// The nodes' URLs, comma-separated (`redis://127.0.0.1:P1,redis://127.0.0.1:P2,...`):
+    /// what `HARVEST_REDIS_URL` takes for a Redis Cluster.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The masters' ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|(port, _)| *port).collect()
+    }
+
+    /// Sends one command to the node on `port` (see [`PrivateRedis::command`]).
+    pub async fn command(&self, port: u16, args: &[&str]) -> Option<String> {
+        resp_command(port, args).await
+    }
+
+    /// Starts one empty cluster-enabled server on free ports and waits until it answers.
+    async fn spawn_node(&self) -> Result<(u16, Child), String> {
+        let port = free_port();
+        // The cluster bus port (by default port + 10000, which may not exist).
+        let bus = loop {
+            let p = free_port();
+            if p != port {
+                break p;
+            }
+        };
+        let dir = self.dir.path();
+        let log = dir.join(format!("redis-{port}.log"));
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+            ])
+            .arg("--cluster-config-file")
+            .arg(dir.join(format!("nodes-{port}.conf")))
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run redis-server (is it installed?): {e}"))?;
+        let pid = child.id();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(info) = resp_command(port, &["INFO", "server"]).await
+                && info
+                    .lines()
+                    .any(|l| l.trim() == format!("process_id:{pid}"))
+            {
+                return Ok((port, child));
+            }
+            if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                return Err(format!(
+                    "redis-server did not come up on port {port}: {}",
+                    tail.join(" | ")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// One RESP command over a fresh connection, bounded by 2 s.
 async fn resp_command(port: u16, args: &[&str]) -> Option<String> {
     let exchange = async {

@@ -18,7 +18,13 @@
 //!   to the room's total; every node pushes the totals to its own viewers.
 //!
 //! Keys carry a hash tag per room (`{prefix}{room:ID}:...`), so a room's keys stay in
-//! one slot of a Redis Cluster.
+//! one slot of a Redis Cluster and its scripts run on the node that owns the room.
+//!
+//! **Redis Cluster.** With several node URLs the commands and scripts go through a
+//! cluster connection (routed by the room's slot). Delivery uses classic pub/sub: a
+//! message published on any cluster node reaches subscribers on every node (over the
+//! cluster bus), so each harvest node keeps one subscription connection, to the first
+//! cluster node of the list that answers, and moves to the next one when it drops.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -32,7 +38,8 @@ use harvest_hub::{
     SocialKind,
 };
 use harvest_proto::ws as wire;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use harvest_stock::RedisConn;
+use redis::aio::PubSubSink;
 
 use super::WireEvent;
 
@@ -75,8 +82,9 @@ pub struct RedisBus {
 struct Inner {
     prefix: String,
     node_id: String,
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// One client per configured node; the subscription uses the first that answers.
+    clients: Vec<redis::Client>,
+    conn: RedisConn,
     timeout: Duration,
     history: usize,
     append: redis::Script,
@@ -96,7 +104,7 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
 }
 
 impl RedisBus {
-    /// A bus on the Redis at `url` (the first of a comma-separated list).
+    /// A bus on the Redis at `url` (one server, or comma-separated Redis Cluster nodes).
     pub fn new(
         url: &str,
         prefix: &str,
@@ -104,18 +112,17 @@ impl RedisBus {
         timeout: Duration,
         history: usize,
     ) -> anyhow::Result<Self> {
-        let first = url.split(',').next().unwrap_or_default().trim();
-        let client = redis::Client::open(first)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let clients = harvest_stock::redis_urls(url)
+            .iter()
+            .map(|u| redis::Client::open(u.as_str()))
+            .collect::<Result<Vec<_>, _>>()?;
+        anyhow::ensure!(!clients.is_empty(), "empty Redis URL");
+        let conn = RedisConn::new_lazy(url, timeout)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 prefix: prefix.to_owned(),
                 node_id: node_id.to_owned(),
-                client,
+                clients,
                 conn,
                 timeout,
                 history: history.max(1),
@@ -344,8 +351,13 @@ impl RedisBus {
         let Some(hub) = self.inner.hub.get().cloned() else {
             return;
         };
+        let mut node = 0;
         loop {
-            match self.inner.client.get_async_pubsub().await {
+            let client = &self.inner.clients[node % self.inner.clients.len()];
+            let connected = tokio::time::timeout(self.inner.timeout, client.get_async_pubsub())
+                .await
+                .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "connect timed out").into()));
+            match connected {
                 Ok(pubsub) => {
                     let (mut sink, mut stream) = pubsub.split();
                     let mut ok = sink.subscribe(self.private_channel()).await.is_ok();
@@ -384,6 +396,8 @@ impl RedisBus {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis; retrying"),
             }
+            // Another cluster node next time (the same server when there is one).
+            node += 1;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }

@@ -2,13 +2,17 @@
 //! on every node, chat and presence cross nodes, a buy storm split across nodes never
 //! oversells, and a node killed mid-sale loses nothing (RELIABILITY.md R6, R8, R9).
 //!
-//! Each test starts its own Redis, so it runs the same on the embedded pass (SQLite
-//! file shared by the nodes) and on the servers pass (PostgreSQL).
+//! Each test runs twice: with the nodes on one Redis server, and on a local Redis
+//! Cluster of three masters (`redis_cluster_*`, `process_redis_cluster_*`). Each starts
+//! its own Redis, so it runs the same on the embedded pass (SQLite file shared by the
+//! nodes) and on the servers pass (PostgreSQL).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harvest_testkit::{HarvestProcess, PrivateRedis, TestApp, WsClient, WsItem, spawn_app_with};
+use harvest_testkit::{
+    HarvestProcess, PrivateRedis, PrivateRedisCluster, TestApp, WsClient, WsItem, spawn_app_with,
+};
 use serde_json::{Value, json};
 
 fn id(v: &Value) -> String {
@@ -19,8 +23,32 @@ fn key() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// The Redis the nodes share: one server, or a Redis Cluster of three masters.
+enum SharedRedis {
+    One(PrivateRedis),
+    Cluster(PrivateRedisCluster),
+}
+
+impl SharedRedis {
+    async fn start(cluster: bool) -> Self {
+        if cluster {
+            Self::Cluster(PrivateRedisCluster::start().await)
+        } else {
+            Self::One(PrivateRedis::start().await)
+        }
+    }
+
+    /// `redis_url`: one URL, or the cluster's nodes comma-separated.
+    fn url(&self) -> String {
+        match self {
+            Self::One(r) => r.url(),
+            Self::Cluster(c) => c.url(),
+        }
+    }
+}
+
 /// Two in-process nodes sharing `redis`, node B on node A's store and key prefix.
-async fn two_nodes(redis: &PrivateRedis) -> (TestApp, TestApp) {
+async fn two_nodes(redis: &SharedRedis) -> (TestApp, TestApp) {
     let url = redis.url();
     let a = spawn_app_with(|s| {
         s.redis_url = Some(harvest_server::config::SecretUrl::new(&url));
@@ -95,7 +123,16 @@ fn seqs(events: &[Value]) -> Vec<u64> {
 
 #[tokio::test]
 async fn cluster_room_events_chat_and_presence_cross_nodes_with_one_seq() {
-    let redis = PrivateRedis::start().await;
+    room_events_chat_and_presence_cross_nodes_with_one_seq(false).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_room_events_chat_and_presence_cross_nodes_with_one_seq() {
+    room_events_chat_and_presence_cross_nodes_with_one_seq(true).await;
+}
+
+async fn room_events_chat_and_presence_cross_nodes_with_one_seq(cluster: bool) {
+    let redis = SharedRedis::start(cluster).await;
     let (a, b) = two_nodes(&redis).await;
     let owner = a.streamer("coop-cluster");
     let (room, product) = live_room(&a, &owner).await;
@@ -106,8 +143,20 @@ async fn cluster_room_events_chat_and_presence_cross_nodes_with_one_seq() {
     let welcome_a = wait_event(&mut on_a, "session.welcome", Duration::from_secs(5)).await;
     let welcome_b = wait_event(&mut on_b, "session.welcome", Duration::from_secs(5)).await;
     assert_eq!(welcome_a["data"]["epoch"], welcome_b["data"]["epoch"]);
-    assert_eq!(welcome_a["data"]["last_seq"], welcome_b["data"]["last_seq"]);
-    let last = welcome_a["data"]["last_seq"].as_u64().unwrap();
+    // A node hears its own room events back from Redis: the room's last events may
+    // still be on their way when a viewer joins (longer on a cluster, where they cross
+    // the cluster bus), and then follow the welcome. Both viewers end at the same seq.
+    let mut positions = Vec::new();
+    for (ws, welcome) in [(&mut on_a, &welcome_a), (&mut on_b, &welcome_b)] {
+        let mut at = welcome["data"]["last_seq"].as_u64().unwrap();
+        for e in room_events(ws, Duration::from_millis(300)).await {
+            assert_eq!(e["seq"], at + 1, "gap-free after the welcome: {e}");
+            at += 1;
+        }
+        positions.push(at);
+    }
+    assert_eq!(positions[0], positions[1], "both viewers at the same seq");
+    let last = positions[0];
 
     // A room event published through node B reaches node A's viewer with the same seq.
     b.post(
@@ -192,7 +241,16 @@ async fn cluster_room_events_chat_and_presence_cross_nodes_with_one_seq() {
 
 #[tokio::test]
 async fn cluster_buy_storm_split_across_two_nodes_never_oversells() {
-    let redis = PrivateRedis::start().await;
+    buy_storm_split_across_two_nodes_never_oversells(false).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_buy_storm_split_across_two_nodes_never_oversells() {
+    buy_storm_split_across_two_nodes_never_oversells(true).await;
+}
+
+async fn buy_storm_split_across_two_nodes_never_oversells(cluster: bool) {
+    let redis = SharedRedis::start(cluster).await;
     let (a, b) = two_nodes(&redis).await;
     let owner = a.streamer("coop-storm");
     let (room, product) = live_room(&a, &owner).await;
@@ -254,7 +312,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_harvest");
 
 #[tokio::test]
 async fn process_cluster_node_killed_mid_sale_loses_nothing() {
-    let redis = PrivateRedis::start().await;
+    node_killed_mid_sale_loses_nothing(false).await;
+}
+
+#[tokio::test]
+async fn process_redis_cluster_node_killed_mid_sale_loses_nothing() {
+    node_killed_mid_sale_loses_nothing(true).await;
+}
+
+async fn node_killed_mid_sale_loses_nothing(cluster: bool) {
+    let redis = SharedRedis::start(cluster).await;
     let database = harvest_testkit::TestDatabase::create().await;
     let redis_url = redis.url();
     let prefix = format!("hv:{}:", uuid::Uuid::now_v7().simple());
@@ -462,7 +529,16 @@ async fn process_cluster_node_killed_mid_sale_loses_nothing() {
 
 #[tokio::test]
 async fn cluster_contest_counts_orders_paid_through_either_node_with_one_score_pusher() {
-    let redis = PrivateRedis::start().await;
+    contest_counts_orders_paid_through_either_node_with_one_score_pusher(false).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_contest_counts_orders_paid_through_either_node_with_one_score_pusher() {
+    contest_counts_orders_paid_through_either_node_with_one_score_pusher(true).await;
+}
+
+async fn contest_counts_orders_paid_through_either_node_with_one_score_pusher(cluster: bool) {
+    let redis = SharedRedis::start(cluster).await;
     let (a, b) = two_nodes(&redis).await;
     let kiwi = a.streamer("kiwi-x");
     let orange = a.streamer("orange-x");

@@ -30,6 +30,17 @@
 //! every reservation call); the sweeper drops it once it has no held hold, then looks
 //! again and puts it back if a reservation slipped in between.
 //!
+//! # Redis Cluster
+//!
+//! With several node URLs the engine talks to a Redis Cluster through [`RedisConn`].
+//! Every script's keys share one hash tag (a sale's `{s:ID}` or an index bucket's
+//! `{hidx:N}`), so each script runs on the one node that owns them. Nothing indexes
+//! holds across sales: each sale has its own expiry zset, and the sweeper visits the
+//! sales listed in `Pstock:sales` one script call each. That set and the index buckets
+//! live in other slots than the sale; they are written with plain commands beside the
+//! scripts (on a cluster, a reservation registers its sale with the sweeper before its
+//! script runs, in its own round trip, instead of in the same pipeline).
+//!
 //! The meta hash doubles as the sale's marker: when it is missing (Redis restarted
 //! empty, or the keys were deleted) every call on the sale answers
 //! [`StockError::SaleStateLost`], and the caller rebuilds the sale with
@@ -56,9 +67,12 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, RedisWrite, Script, ServerErrorKind, ToRedisArgs, Value};
 use tracing::{debug, warn};
+
+mod conn;
+
+pub use conn::{RedisConn, redis_urls};
 
 use crate::engine::StockEngine;
 use crate::error::StockError;
@@ -72,7 +86,8 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 /// Settings of a [`RedisEngine`].
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]`.
+    /// `redis://host:port[/db]`, or several comma-separated node URLs of one Redis
+    /// Cluster (see [`RedisConn`]).
     pub url: String,
     /// Bound on every call (connect included). Default 1 s.
     pub timeout: Duration,
@@ -166,7 +181,7 @@ struct IndexBucket {
 
 /// The Redis-backed [`StockEngine`] (one server, or one Cluster slot per sale).
 pub struct RedisEngine {
-    conn: ConnectionManager,
+    conn: RedisConn,
     cfg: RedisConfig,
     scripts: Scripts,
     index: Vec<IndexBucket>,
@@ -256,14 +271,8 @@ impl RedisEngine {
                 "RedisEngine::new must be called within a Tokio runtime".into(),
             ));
         }
-        let client = redis::Client::open(cfg.url.as_str())
+        let conn = RedisConn::new_lazy(&cfg.url, cfg.timeout)
             .map_err(|e| StockError::Invalid(format!("redis url: {e}")))?;
-        let mgr = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(cfg.timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, mgr).map_err(map_err)?;
         let index = (0..INDEX_BUCKETS)
             .map(|n| {
                 let base = format!("{}{{hidx:{n}}}", cfg.key_prefix);
@@ -457,12 +466,22 @@ impl RedisEngine {
             eval.arg(r.now_ms);
         }
         // Register the sale with the sweeper before (and, below, after) the script: a
-        // hold is never left outside the set the sweeper walks.
+        // hold is never left outside the set the sweeper walks. On one server both go
+        // in one pipeline; on a cluster the set and the sale live in different slots
+        // (a pipeline does not order them), so the registration comes first on its own.
         let mut pipe = redis::pipe();
-        pipe.cmd("SADD")
-            .arg(self.sales_set())
-            .arg(&sale_id)
-            .ignore();
+        if self.conn.is_cluster() {
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(self.sales_set()).arg(&sale_id);
+            if let Err(e) = self.query(&sadd).await {
+                return reqs.iter().map(|_| Err(e.clone())).collect();
+            }
+        } else {
+            pipe.cmd("SADD")
+                .arg(self.sales_set())
+                .arg(&sale_id)
+                .ignore();
+        }
         pipe.add_command(eval);
         let reply = match self
             .pipeline_with_script(&pipe, &self.scripts.reserve)

@@ -1,5 +1,5 @@
-//! The conformance suite: every engine (memory, Redis, and both behind a Coalescer)
-//! must pass every test here.
+//! The conformance suite: every engine (memory, Redis on one server and on a Redis
+//! Cluster, and each behind a Coalescer) must pass every test here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -46,6 +46,26 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     if let Some(h) = crate::harness::Harness::redis() {
+                        super::$name(h.coalesced()).await;
+                    }
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(h) = crate::harness::Harness::redis_cluster().await {
+                        super::$name(h).await;
+                    }
+                }
+            )*
+        }
+        mod coalesced_redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(h) = crate::harness::Harness::redis_cluster().await {
                         super::$name(h.coalesced()).await;
                     }
                 }

@@ -1,7 +1,9 @@
 //! Engines under test, and helpers to build sales and requests.
 //!
 //! `HARVEST_TEST_BACKEND=servers` runs the Redis variants against the server named by
-//! `HARVEST_TEST_REDIS_URL`; `embedded` (the default) runs only in-process engines.
+//! `HARVEST_TEST_REDIS_URL`, and the Redis Cluster variants against a local cluster of
+//! three masters each test starts (or the one named by `HARVEST_TEST_REDIS_CLUSTER_URL`,
+//! comma-separated node URLs); `embedded` (the default) runs only in-process engines.
 //! Every test gets its own key prefix and random sale ids, so tests share one Redis
 //! without seeing each other (the sweeper walks only its own prefix).
 
@@ -11,8 +13,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use harvest_stock::{
-    Coalescer, CoalescerConfig, Hold, MemoryEngine, RedisConfig, RedisEngine, ReserveOutcome,
-    ReserveRequest, SaleCounts, SaleInfo, SaleRecord, SaleSpec, StockEngine, StockError,
+    Coalescer, CoalescerConfig, Hold, MemoryEngine, RedisConfig, RedisConn, RedisEngine,
+    ReserveOutcome, ReserveRequest, SaleCounts, SaleInfo, SaleRecord, SaleSpec, StockEngine,
+    StockError,
 };
 
 /// A fixed, arbitrary "now" for sales in tests (ms since the epoch).
@@ -80,6 +83,8 @@ enum Backing {
 pub struct Harness {
     pub engine: Arc<dyn StockEngine>,
     backing: Backing,
+    /// The Redis Cluster this test started, stopped with the harness.
+    _cluster: Option<Arc<LocalCluster>>,
 }
 
 impl Harness {
@@ -88,6 +93,7 @@ impl Harness {
         Self {
             engine: m.clone(),
             backing: Backing::Memory(m),
+            _cluster: None,
         }
     }
 
@@ -96,6 +102,29 @@ impl Harness {
         Some(Self {
             engine: r.clone(),
             backing: Backing::Redis(r),
+            _cluster: None,
+        })
+    }
+
+    /// A Redis engine on a Redis Cluster, or `None` on the embedded backend.
+    pub async fn redis_cluster() -> Option<Self> {
+        if !servers_backend() {
+            return None;
+        }
+        let (url, cluster) = match std::env::var("HARVEST_TEST_REDIS_CLUSTER_URL") {
+            Ok(url) if !url.trim().is_empty() => (url, None),
+            _ => {
+                let c = Arc::new(LocalCluster::start().await);
+                (c.url(), Some(c))
+            }
+        };
+        let mut cfg = RedisConfig::new(url);
+        cfg.key_prefix = format!("{}:", unique("t"));
+        let r = Arc::new(RedisEngine::new(cfg).expect("redis engine builds"));
+        Some(Self {
+            engine: r.clone(),
+            backing: Backing::Redis(r),
+            _cluster: cluster,
         })
     }
 
@@ -105,6 +134,7 @@ impl Harness {
         Self {
             engine: Arc::new(c),
             backing: self.backing,
+            _cluster: self._cluster,
         }
     }
 
@@ -120,7 +150,9 @@ impl Harness {
         match &self.backing {
             Backing::Memory(m) => assert!(m.forget_sale(sale_id)),
             Backing::Redis(r) => {
-                let mut conn = raw_redis().await;
+                // The engine's own server or cluster.
+                let mut conn = RedisConn::new_lazy(&r.config().url, Duration::from_secs(5))
+                    .expect("redis url");
                 let n: i64 = redis::cmd("DEL")
                     .arg(r.sale_keys(sale_id))
                     .query_async(&mut conn)
@@ -276,5 +308,116 @@ impl StockEngine for Counting {
     }
     async fn ping(&self) -> Result<(), StockError> {
         self.inner.ping().await
+    }
+}
+
+/// A local Redis Cluster of three masters (no replicas) on free ports, in a temporary
+/// folder, joined with `redis-cli --cluster create`; stopped when dropped.
+pub struct LocalCluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<(u16, std::process::Child)>,
+}
+
+impl LocalCluster {
+    pub async fn start() -> Self {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        };
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let (port, bus) = (free(), free());
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
+                .arg("--cluster-config-file")
+                .arg(dir.path().join(format!("nodes-{port}.conf")))
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server runs");
+            nodes.push((port, child));
+        }
+        let cluster = Self { _dir: dir, nodes };
+        for (port, _) in &cluster.nodes {
+            cluster.wait_for(*port, &["PING"], "PONG").await;
+        }
+        let mut create = tokio::process::Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for (port, _) in &cluster.nodes {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("redis-cli --cluster create cannot run ({e}): install redis-tools")
+            });
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for (port, _) in &cluster.nodes {
+            cluster
+                .wait_for(*port, &["CLUSTER", "INFO"], "cluster_state:ok")
+                .await;
+        }
+        cluster
+    }
+
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until the node on `port` answers `args` with a reply containing `want`.
+    async fn wait_for(&self, port: u16, args: &[&str], want: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+        loop {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                let mut cmd = redis::cmd(args[0]);
+                for a in &args[1..] {
+                    cmd.arg(*a);
+                }
+                let reply: redis::RedisResult<String> = cmd.query_async(&mut c).await;
+                if reply.is_ok_and(|r| r.contains(want)) {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis cluster node {port} never answered {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
