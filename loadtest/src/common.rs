@@ -873,7 +873,18 @@ impl Connector {
     async fn attempt(&self, url: &str) -> Result<(Ws, Vec<Event>), ConnectError> {
         let other =
             |what: &str, e: &dyn std::fmt::Display| ConnectError::Other(format!("{what}: {e}"));
-        let socket = match self.target.addr {
+        // The URL names the node (viewers may be spread over several); the target's
+        // address is the fallback.
+        let addr = url::Url::parse(url)
+            .ok()
+            .and_then(|u| {
+                let host = u.host_str()?.to_owned();
+                format!("{host}:{}", u.port_or_known_default()?)
+                    .parse::<SocketAddr>()
+                    .ok()
+            })
+            .unwrap_or(self.target.addr);
+        let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
             SocketAddr::V6(_) => TcpSocket::new_v6(),
         }
@@ -884,7 +895,7 @@ impl Connector {
                 .bind(SocketAddr::new(self.sources[i], 0))
                 .map_err(|e| other("bind", &e))?;
         }
-        let stream = tokio::time::timeout(WS_STEP_TIMEOUT, socket.connect(self.target.addr))
+        let stream = tokio::time::timeout(WS_STEP_TIMEOUT, socket.connect(addr))
             .await
             .map_err(|_| ConnectError::Other("TCP connect timed out".into()))?
             .map_err(|e| other("TCP connect", &e))?;

@@ -60,6 +60,12 @@ pub struct FanoutArgs {
     /// What commerce latency is measured from.
     #[arg(long, value_enum, default_value_t = LatencyFrom::RequestSend)]
     pub latency_from: LatencyFrom,
+    /// Spread the viewers round-robin over these nodes (repeat the option; include
+    /// `--url` to keep viewers there too) instead of connecting them all to `--url`.
+    /// Publishing and chat stay on `--url`; server CPU and RSS are summed over every
+    /// node.
+    #[arg(long = "viewer-url", value_name = "URL")]
+    pub viewer_urls: Vec<String>,
 }
 
 /// The start point of the commerce latency.
@@ -114,6 +120,8 @@ impl FanoutArgs {
 /// The F1 figures (PERFORMANCE.md), then context.
 #[derive(Debug, Default, Serialize)]
 pub struct FanoutSummary {
+    /// Nodes the viewers were spread over (1 unless `--viewer-url` was given).
+    pub viewer_nodes: u64,
     pub viewers_connected: u64,
     pub commerce_sent: u64,
     pub commerce_expected: u64,
@@ -414,6 +422,20 @@ fn request_of(seq: u64, base: u64, offset: i64, product: u64, m: u64) -> Option<
     u64::try_from(k).ok()
 }
 
+/// RSS and CPU time summed over the nodes.
+async fn sample_nodes(apis: &[Api]) -> anyhow::Result<common::ServerSample> {
+    let mut total = common::ServerSample {
+        rss_bytes: 0,
+        cpu_s: 0.0,
+    };
+    for api in apis {
+        let s = api.server_sample().await?;
+        total.rss_bytes += s.rss_bytes;
+        total.cpu_s += s.cpu_s;
+    }
+    Ok(total)
+}
+
 /// Runs the scenario.
 pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     args.check()?;
@@ -422,6 +444,24 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     common::check_nofile(connections)?;
     let target = common::Target::resolve(&args.target.url, args.target.allow_remote).await?;
     Api::new(&target, None)?.check_reachable().await?;
+    let mut viewer_targets = Vec::new();
+    for url in &args.viewer_urls {
+        let t = common::Target::resolve(url, args.target.allow_remote).await?;
+        Api::new(&t, None)?.check_reachable().await?;
+        viewer_targets.push(t);
+    }
+    if viewer_targets.is_empty() {
+        viewer_targets.push(target.clone());
+    }
+    // Every node whose CPU and memory the run accounts for.
+    let mut node_addrs = vec![target.addr];
+    let mut node_apis = vec![Api::new(&target, None)?];
+    for t in &viewer_targets {
+        if !node_addrs.contains(&t.addr) {
+            node_addrs.push(t.addr);
+            node_apis.push(Api::new(t, None)?);
+        }
+    }
     let secret = args.target.jwt_secret.as_deref().context(
         "fanout needs --jwt-secret (or HARVEST_JWT_SECRET): the secret the server signs tokens \
          with, to mint the streamer's and the chatters' tokens",
@@ -510,9 +550,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let viewer_url = target.ws_url(&room_id, None);
+    let viewer_urls: Vec<String> = viewer_targets
+        .iter()
+        .map(|t| t.ws_url(&room_id, None))
+        .collect();
     for i in 0..args.viewers {
-        let (connector, shared, url) = (connector.clone(), shared.clone(), viewer_url.clone());
+        let url = viewer_urls[i as usize % viewer_urls.len()].clone();
+        let (connector, shared) = (connector.clone(), shared.clone());
         tasks.spawn(async move {
             if let Some((ws, first)) = connector.open(&url).await {
                 viewer(ws, first, shared, i as usize).await;
@@ -563,7 +607,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         .await
         .context("reading the room's last seq")?;
     shared.base_seq.store(base, Ordering::Release);
-    let server_before = api.server_sample().await?;
+    let server_before = sample_nodes(&node_apis).await?;
     let client_before = common::client_cpu_s();
     let machine_before = common::machine_cpu_s();
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -650,7 +694,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         let (busy, softirq) = common::machine_cpu_s();
         (busy - machine_before.0, softirq - machine_before.1)
     };
-    let server_after = api.server_sample().await?;
+    let server_after = sample_nodes(&node_apis).await?;
 
     shared.stopping.store(true, Ordering::Relaxed);
     tasks.abort_all();
@@ -697,6 +741,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         deliveries_per_s: round2(
             shared.events_in_window.load(Ordering::Relaxed) as f64 / duration_s,
         ),
+        viewer_nodes: viewer_targets.len() as u64,
         server_rss_bytes: server_after.rss_bytes,
         server_cpu_s: round2(server_cpu_s),
         client_cpu_s: round2(client_cpu_s),
