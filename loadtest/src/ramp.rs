@@ -1475,45 +1475,50 @@ async fn nats_subscriber(mut ws: Ws, shared: Arc<Shared>) {
 }
 
 /// A Harvest viewer: records every `product.pinned` event of the run.
+///
+/// Frames are scanned for `product.pinned` events without decoding them into typed
+/// events (the NATS subscriber likewise reads only the head of each payload), so the
+/// client's cost per message is alike for both targets; a frame the scan cannot read
+/// is decoded in full.
 async fn harvest_subscriber(mut ws: Ws, first: Vec<Event>, shared: Arc<Shared>) {
     shared.alive.fetch_add(1, Ordering::Relaxed);
     let mut offset = 0i64;
     drop(first);
+    let mut found = Vec::new();
     while let Some(message) = ws.next().await {
-        let message = match message {
+        let bytes: &[u8] = match &message {
+            Ok(Message::Text(t)) => t.as_bytes(),
+            Ok(Message::Binary(b)) => b,
             Ok(Message::Close(_)) | Err(_) => break,
-            Ok(m) => m,
+            Ok(_) => continue,
         };
         let now = shared.clock.now_us();
-        let size = message.len();
-        let Some(Ok(events)) = common::decode(harvest_proto::ws::Encoding::Json, &message) else {
-            continue;
-        };
         shared.frames.fetch_add(1, Ordering::Relaxed);
-        let pinned = events
-            .iter()
-            .filter(|e| matches!(e.data, EventData::ProductPinned(_)))
-            .count();
-        if pinned > 0 {
-            shared.payload_bytes.fetch_add(
-                (size / events.len().max(1) * pinned) as u64,
-                Ordering::Relaxed,
-            );
-        }
-        for event in &events {
-            let EventData::ProductPinned(p) = &event.data else {
+        found.clear();
+        if !scan_pinned(bytes, &mut found) {
+            found.clear();
+            let Some(Ok(events)) = message
+                .as_ref()
+                .ok()
+                .and_then(|m| common::decode(harvest_proto::ws::Encoding::Json, m))
+            else {
                 continue;
             };
-            let (Some(seq), Some(product)) = (
-                event.seq,
-                p.product
-                    .as_ref()
-                    .and_then(|p| shared.products.get(p.id.as_str())),
-            ) else {
+            for event in &events {
+                if let (EventData::ProductPinned(p), Some(seq)) = (&event.data, event.seq)
+                    && let Some(product) = &p.product
+                {
+                    found.push((seq, product.id.clone(), 0));
+                }
+            }
+        }
+        for (seq, product_id, bytes) in found.drain(..) {
+            shared.payload_bytes.fetch_add(bytes, Ordering::Relaxed);
+            let Some(&product) = shared.products.get(product_id.as_str()) else {
                 continue;
             };
             let base = shared.base_seq.load(Ordering::Acquire);
-            let Some(k) = request_of(seq, base, offset, *product, shared.products.len() as u64)
+            let Some(k) = request_of(seq, base, offset, product, shared.products.len() as u64)
             else {
                 continue;
             };
@@ -1525,6 +1530,62 @@ async fn harvest_subscriber(mut ws: Ws, first: Vec<Event>, shared: Arc<Shared>) 
         shared.alive.fetch_sub(1, Ordering::Relaxed);
         shared.disconnected.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+const PINNED: &[u8] = b"\"type\":\"product.pinned\"";
+
+/// Finds the `product.pinned` events of a JSON frame (one event object or an array of
+/// them, fields in the server's order: `type`, `seq`, `ts`, `data.product.id` first):
+/// pushes (seq, product id, the event's bytes). False when the frame holds the event
+/// type but the scan cannot read it.
+fn scan_pinned(frame: &[u8], out: &mut Vec<(u64, String, u64)>) -> bool {
+    let starts: Vec<usize> = memfind_all(frame, PINNED);
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(frame.len());
+        let event = &frame[start..end];
+        let Some(seq) = field_after(event, b"\"seq\":").and_then(|v| {
+            let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
+            std::str::from_utf8(&v[..digits]).ok()?.parse().ok()
+        }) else {
+            return false;
+        };
+        let Some(data) = field_after(event, b"\"data\":") else {
+            return false;
+        };
+        if data.starts_with(b"{\"product\":null") {
+            continue;
+        }
+        let Some(id) = field_after(data, b"\"id\":\"").and_then(|v| {
+            let len = v.iter().position(|&b| b == b'"')?;
+            std::str::from_utf8(&v[..len]).ok()
+        }) else {
+            return false;
+        };
+        out.push((seq, id.to_owned(), (end - start) as u64 + 1));
+    }
+    true
+}
+
+/// The bytes after the first `needle` in `hay`.
+fn field_after<'a>(hay: &'a [u8], needle: &[u8]) -> Option<&'a [u8]> {
+    let i = hay.windows(needle.len()).position(|w| w == needle)?;
+    Some(&hay[i + needle.len()..])
+}
+
+/// Every position of `needle` in `hay`.
+fn memfind_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while from + needle.len() <= hay.len() {
+        match hay[from..].windows(needle.len()).position(|w| w == needle) {
+            Some(i) => {
+                out.push(from + i);
+                from += i + needle.len();
+            }
+            None => break,
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1585,6 +1646,30 @@ mod tests {
             ]
         );
         assert!(reader.buf.is_empty());
+    }
+
+    #[test]
+    fn pinned_events_are_found_in_single_and_batched_frames() {
+        let one = br#"{"type":"product.pinned","seq":12,"ts":1,"data":{"product":{"id":"p-1","owner_id":"o","sku":"s","title":"t"}}}"#;
+        let mut out = Vec::new();
+        assert!(scan_pinned(one, &mut out));
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].0, out[0].1.as_str()), (12, "p-1"));
+        out.clear();
+        let batch = br#"[{"type":"viewers.count","ts":1,"data":{"count":3}},{"type":"product.pinned","seq":13,"ts":2,"data":{"product":{"id":"p-2"}}},{"type":"product.pinned","seq":14,"ts":2,"data":{"product":null}},{"type":"product.pinned","seq":15,"ts":3,"data":{"product":{"id":"p-3"}}}]"#;
+        assert!(scan_pinned(batch, &mut out));
+        let got: Vec<(u64, &str)> = out.iter().map(|(s, id, _)| (*s, id.as_str())).collect();
+        assert_eq!(got, vec![(13, "p-2"), (15, "p-3")]);
+        out.clear();
+        assert!(scan_pinned(
+            br#"{"type":"chat.message","ts":1,"data":{}}"#,
+            &mut out
+        ));
+        assert!(out.is_empty());
+        assert!(!scan_pinned(
+            br#"{"type":"product.pinned","data":{}}"#,
+            &mut out
+        ));
     }
 
     #[test]
