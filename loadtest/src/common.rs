@@ -267,11 +267,26 @@ impl Api {
         Self::new_base(&target.base, token)
     }
 
+    /// The API with a client that keeps up to `idle` connections open between
+    /// requests (for a caller with that many requests in flight).
+    pub fn new_pooled(target: &Target, token: Option<String>, idle: usize) -> anyhow::Result<Self> {
+        Self::new_base_pooled(&target.base, token, idle)
+    }
+
+    /// The same API with a client of its own keeping up to `idle` connections open.
+    pub fn fresh_pooled(&self, idle: usize) -> anyhow::Result<Self> {
+        Self::new_base_pooled(&self.base, self.token.clone(), idle)
+    }
+
     fn new_base(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+        Self::new_base_pooled(base, token, 4)
+    }
+
+    fn new_base_pooled(base: &str, token: Option<String>, idle: usize) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(4)
+            .pool_max_idle_per_host(idle)
             .no_proxy()
             .build()
             .context("cannot build the HTTP client")?;

@@ -66,6 +66,9 @@ pub struct FanoutArgs {
     /// node.
     #[arg(long = "viewer-url", value_name = "URL")]
     pub viewer_urls: Vec<String>,
+    /// F3: `--target nats`, `--ramp` and their options.
+    #[command(flatten)]
+    pub ramp: crate::ramp::RampArgs,
 }
 
 /// The start point of the commerce latency.
@@ -411,7 +414,7 @@ impl Shared {
 /// gives k give or take the requests in flight (reordered), which must stay under
 /// m / 2. `offset` is the difference seen at the viewer's previous match: it follows
 /// the requests that failed without being sequenced.
-fn request_of(seq: u64, base: u64, offset: i64, product: u64, m: u64) -> Option<u64> {
+pub(crate) fn request_of(seq: u64, base: u64, offset: i64, product: u64, m: u64) -> Option<u64> {
     let k0 = i64::try_from(seq.checked_sub(base + 1)?).ok()? + offset;
     let (m, product) = (i64::try_from(m).ok()?, i64::try_from(product).ok()?);
     if m == 0 {
@@ -438,6 +441,9 @@ async fn sample_nodes(apis: &[Api]) -> anyhow::Result<common::ServerSample> {
 
 /// Runs the scenario.
 pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
+    if args.ramp.selected() {
+        return crate::ramp::run(args).await;
+    }
     args.check()?;
     let json = args.target.json;
     let connections = args.viewers + args.chatters;

@@ -8,6 +8,9 @@
 //! - `fanout` (F1): one live room, many anonymous viewers, commerce events published by
 //!   pin toggles at a fixed rate, and chatters; measures commerce loss and latency, chat
 //!   and delivery rates, and server and client CPU.
+//! - `fanout --ramp` (F3), with `--target harvest` or `--target nats`: the same client
+//!   against Harvest and against nats-server's WebSocket listener, the publish rate
+//!   stepped up until p99 > 100 ms or any loss; `--report DIR` writes charts.
 //! - `idle` (F2): many idle connections; measures the server's RSS per connection.
 //! - `flash-sale` (S3, S2): a reservation storm on one flash sale through HTTP, checked
 //!   for overselling, per-user limits and idempotency, against `GET /healthz` with the
@@ -26,6 +29,7 @@
 //! stderr. Every run also reports this process's own CPU time and marks a run whose
 //! client used more than 90% of a core as `client_bound`.
 
+mod chart;
 mod checkout;
 mod common;
 mod contest;
@@ -33,6 +37,7 @@ mod fanout;
 mod flash;
 mod hist;
 mod idle;
+mod ramp;
 mod report;
 
 use std::process::ExitCode;
