@@ -114,7 +114,8 @@ struct Open {
     /// Events applied on this node lately (payments, refunds, judges, match results),
     /// applied again to an engine rebuilt from SQL in case the rebuild read the record
     /// before they were written.
-    recent: parking_lot::Mutex<Vec<(i64, Event)>>,
+    /// Kept only when other nodes share the store.
+    recent: Option<parking_lot::Mutex<std::collections::VecDeque<(i64, Event)>>>,
     /// With several nodes: whether this node pushes the contest's scores and standings,
     /// and when the lease was last renewed.
     pusher: AtomicBool,
@@ -315,11 +316,15 @@ impl Open {
     /// Applies an event; marks the standings and every live match dirty when a
     /// participant's metric values changed.
     fn apply(&self, event: &Event) {
-        if !matches!(event, Event::Likes(_)) {
+        if let Some(recent) = &self.recent
+            && !matches!(event, Event::Likes(_))
+        {
             let now = now_ms();
-            let mut recent = self.recent.lock();
-            recent.retain(|(at, _)| now - at < RECENT_MS);
-            recent.push((now, event.clone()));
+            let mut recent = recent.lock();
+            while recent.front().is_some_and(|(at, _)| now - at >= RECENT_MS) {
+                recent.pop_front();
+            }
+            recent.push_back((now, event.clone()));
         }
         let applied = self.engine.lock().apply(event);
         if matches!(applied, Applied::Recorded { changed: true }) {
@@ -423,7 +428,10 @@ impl Contests {
             last_standings_ms: AtomicI64::new(0),
             last_judge_ms: AtomicI64::new(last_judge_ms),
             ops: tokio::sync::Mutex::new(()),
-            recent: parking_lot::Mutex::new(Vec::new()),
+            recent: self
+                .inner
+                .shared
+                .then(|| parking_lot::Mutex::new(std::collections::VecDeque::new())),
             pusher: AtomicBool::new(false),
             lease_renewed_ms: AtomicI64::new(0),
             synced_ms: AtomicI64::new(now_ms()),
@@ -1098,7 +1106,11 @@ impl Contests {
         for event in &events {
             engine.apply(event);
         }
-        let recent: Vec<Event> = open.recent.lock().iter().map(|(_, e)| e.clone()).collect();
+        let recent: Vec<Event> = open
+            .recent
+            .as_ref()
+            .map(|r| r.lock().iter().map(|(_, e)| e.clone()).collect())
+            .unwrap_or_default();
         for event in &recent {
             engine.apply(event);
         }
