@@ -412,6 +412,18 @@ impl Api {
         .map(|_| ())
     }
 
+    /// Publishes a `test.message` room event through the admin-only test publish path
+    /// (the server must run with `HARVEST_TEST_PUBLISH=true`).
+    pub async fn test_event(&self, room_id: &str, text: &str) -> anyhow::Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/admin/rooms/{room_id}/test-events"),
+            Some(json!({"text": text})),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// The room's latest seq (from the live room log).
     pub async fn last_seq(&self, room_id: &str) -> anyhow::Result<u64> {
         let page = self

@@ -7,10 +7,15 @@
 //! with its send time on a monotonic clock, and a subscriber's latency is the time from
 //! that stamp to the moment its task parsed the message.
 //!
-//! - Harvest: message k is a `product.pinned` room event published through the real
-//!   HTTP API (`POST /api/v1/rooms/{id}/pin`, a few in flight), exactly as F1 does;
-//!   the event's seq names k (see `fanout::request_of`). Subscribers are anonymous
-//!   viewers of the room's WebSocket.
+//! - Harvest: message k is a `test.message` room event published through the
+//!   admin-only test publish path (`POST /api/v1/admin/rooms/{id}/test-events`, served
+//!   when the server runs with `HARVEST_TEST_PUBLISH=true`), whose text holds `k`, the
+//!   send time and padding up to `--message-bytes`, like the NATS payload; the event
+//!   takes the hub, the bus and the room event log like any room event. With
+//!   `--harvest-publish pin` it is a `product.pinned` room event published through
+//!   `POST /api/v1/rooms/{id}/pin` (a few in flight), exactly as F1 does, and the
+//!   event's seq names k (see `fanout::request_of`). Subscribers are anonymous viewers
+//!   of the room's WebSocket.
 //! - NATS: message k is `PUB <subject> <bytes>` with a payload holding `k`, the send
 //!   time and padding up to `--message-bytes`; subscribers speak the NATS text protocol
 //!   over WebSocket (`CONNECT`, `SUB`, `PING`/`PONG`, `MSG`).
@@ -59,6 +64,16 @@ impl Peer {
     }
 }
 
+/// How F3 publishes to Harvest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HarvestPublish {
+    /// `POST /api/v1/admin/rooms/{id}/test-events`: `test.message` room events.
+    TestEvents,
+    /// `POST /api/v1/rooms/{id}/pin`: `product.pinned` room events.
+    Pin,
+}
+
 /// The F3 options of `harvest-loadtest fanout`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RampArgs {
@@ -76,9 +91,15 @@ pub struct RampArgs {
     /// NATS subject every subscriber subscribes to and the publisher publishes on.
     #[arg(long, default_value = "harvest.f3")]
     pub subject: String,
-    /// NATS payload size in bytes (sequence number, send time and padding).
+    /// Payload size in bytes (sequence number, send time and padding): the NATS
+    /// payload, or the text of Harvest's `test.message`.
     #[arg(long, default_value_t = 200)]
     pub message_bytes: usize,
+    /// How F3 publishes to Harvest: `test-events` (the admin-only test publish path; the
+    /// server needs HARVEST_TEST_PUBLISH=true) or `pin` (product pins through the API,
+    /// with their SQL writes).
+    #[arg(long, value_enum, default_value_t = HarvestPublish::TestEvents)]
+    pub harvest_publish: HarvestPublish,
     /// First publish rate of the ramp, messages per second.
     #[arg(long, default_value_t = 100.0)]
     pub ramp_start: f64,
@@ -722,6 +743,8 @@ struct HarvestPublisher {
     room_id: String,
     product_ids: Vec<String>,
     concurrency: usize,
+    /// Publish `test.message` events with this payload size (else pins).
+    test_events: Option<usize>,
 }
 
 struct NatsPublisher {
@@ -840,16 +863,20 @@ impl HarvestPublisher {
                     continue;
                 }
                 let k = *next_k;
-                if stamp(shared, k, step).is_none() {
+                let Some(sent_us) = stamp(shared, k, step) else {
                     break;
-                }
+                };
                 *next_k += 1;
                 let api = self.api.clone();
                 let room = self.room_id.clone();
                 let product = self.product_ids[k as usize % self.product_ids.len()].clone();
+                let text = self.test_events.map(|size| payload_text(k, sent_us, size));
                 let outcome = outcome.clone();
                 window.push_back(tokio::spawn(async move {
-                    let answer = api.pin(&room, Some(&product)).await;
+                    let answer = match text {
+                        Some(text) => api.test_event(&room, &text).await,
+                        None => api.pin(&room, Some(&product)).await,
+                    };
                     if let Ok(mut o) = outcome.lock() {
                         match answer {
                             Ok(()) => o.sent += 1,
@@ -1007,6 +1034,14 @@ fn nats_pub(out: &mut Vec<u8>, subject: &str, k: u64, sent_us: u64, size: usize)
     out.extend_from_slice(b"\r\n");
 }
 
+/// A payload of `size` bytes: `<k> <sent_us> ` and padding (as `nats_pub` writes).
+fn payload_text(k: u64, sent_us: u64, size: usize) -> String {
+    let mut text = format!("{k} {sent_us} ");
+    let pad = size.saturating_sub(text.len());
+    text.extend(std::iter::repeat_n('x', pad));
+    text
+}
+
 /// `k` and the send time from a payload `nats_pub` wrote.
 fn parse_payload(payload: &[u8]) -> Option<(u64, u64)> {
     let mut parts = payload.splitn(3, |&b| b == b' ');
@@ -1092,6 +1127,8 @@ struct Setup {
     peer: Peer,
     target: Target,
     api: Option<Api>,
+    /// An admin's client, for the test publish path.
+    admin_api: Option<Api>,
     room_id: Option<String>,
     product_ids: Vec<String>,
     nats_url: String,
@@ -1128,10 +1165,30 @@ impl Setup {
             .create_live_room(&format!("F3 {run_id}"), &product_ids)
             .await
             .context("setup: creating and starting the room")?;
+        let admin_api = match args.ramp.harvest_publish {
+            HarvestPublish::Pin => None,
+            HarvestPublish::TestEvents => {
+                let admin = Api::new_pooled(
+                    &target,
+                    Some(minter.token(
+                        &format!("lt-admin-{run_id}"),
+                        "Load-test admin",
+                        &["admin"],
+                    )?),
+                    args.publish_concurrency as usize + 4,
+                )?;
+                admin.test_event(&room_id, "probe").await.context(
+                    "setup: the test publish path did not answer (start the server with \
+                     HARVEST_TEST_PUBLISH=true, or measure with --harvest-publish pin)",
+                )?;
+                Some(admin)
+            }
+        };
         Ok(Self {
             peer: Peer::Harvest,
             target,
             api: Some(api),
+            admin_api,
             room_id: Some(room_id),
             product_ids,
             nats_url: String::new(),
@@ -1151,6 +1208,7 @@ impl Setup {
             peer: Peer::Nats,
             target,
             api: None,
+            admin_api: None,
             room_id: None,
             product_ids: Vec::new(),
             nats_url: url.clone(),
@@ -1302,13 +1360,15 @@ impl Setup {
         Ok(match self.peer {
             Peer::Harvest => Publisher::Harvest(HarvestPublisher {
                 api: self
-                    .api
+                    .admin_api
                     .as_ref()
+                    .or(self.api.as_ref())
                     .context("no API")?
                     .fresh_pooled(args.publish_concurrency as usize + 4)?,
                 room_id: self.room_id.clone().context("no room")?,
                 product_ids: self.product_ids.clone(),
                 concurrency: args.publish_concurrency as usize,
+                test_events: self.admin_api.as_ref().map(|_| args.ramp.message_bytes),
             }),
             Peer::Nats => {
                 // The publisher subscribes to nothing (sid 0 is not used).
@@ -1485,6 +1545,7 @@ async fn harvest_subscriber(mut ws: Ws, first: Vec<Event>, shared: Arc<Shared>) 
     let mut offset = 0i64;
     drop(first);
     let mut found = Vec::new();
+    let mut tests = Vec::new();
     while let Some(message) = ws.next().await {
         let bytes: &[u8] = match &message {
             Ok(Message::Text(t)) => t.as_bytes(),
@@ -1495,6 +1556,14 @@ async fn harvest_subscriber(mut ws: Ws, first: Vec<Event>, shared: Arc<Shared>) 
         let now = shared.clock.now_us();
         shared.frames.fetch_add(1, Ordering::Relaxed);
         found.clear();
+        tests.clear();
+        if scan_test_messages(bytes, &mut tests) && !tests.is_empty() {
+            for &(k, sent_us, bytes) in &tests {
+                shared.payload_bytes.fetch_add(bytes, Ordering::Relaxed);
+                shared.record(k, sent_us, now);
+            }
+            continue;
+        }
         if !scan_pinned(bytes, &mut found) {
             found.clear();
             let Some(Ok(events)) = message
@@ -1533,6 +1602,27 @@ async fn harvest_subscriber(mut ws: Ws, first: Vec<Event>, shared: Arc<Shared>) 
 }
 
 const PINNED: &[u8] = b"\"type\":\"product.pinned\"";
+const TEST_MESSAGE: &[u8] = b"\"type\":\"test.message\"";
+
+/// Finds the `test.message` events of a JSON frame (one event or a batch, fields in the
+/// server's order: `type`, `seq`, `ts`, `data.text`): pushes (k, send time, the event's
+/// bytes) read from each text. False when a text cannot be read.
+fn scan_test_messages(frame: &[u8], out: &mut Vec<(u64, u64, u64)>) -> bool {
+    let starts = memfind_all(frame, TEST_MESSAGE);
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(frame.len());
+        let event = &frame[start..end];
+        let Some(text) = field_after(event, b"\"text\":\"") else {
+            return false;
+        };
+        let Some((k, sent_us)) = parse_payload(text) else {
+            // Not a load-test payload (the setup's probe).
+            continue;
+        };
+        out.push((k, sent_us, event.len() as u64));
+    }
+    true
+}
 
 /// Finds the `product.pinned` events of a JSON frame (one event object or an array of
 /// them, fields in the server's order: `type`, `seq`, `ts`, `data.product.id` first):
@@ -1600,6 +1690,7 @@ mod tests {
             nats_url: String::new(),
             subject: "s".into(),
             message_bytes: 200,
+            harvest_publish: HarvestPublish::TestEvents,
             ramp_start: 100.0,
             ramp_factor: 2.0,
             ramp_max: 1000.0,

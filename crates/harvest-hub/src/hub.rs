@@ -9,7 +9,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::queue::{QueueLimits, Session};
-use crate::room::{Fanout, Retention, RoomChannel};
+use crate::room::{Batcher, Fanout, Retention, RoomChannel};
 use crate::{Encode, Encoded, Encoding, Framing, Lane, SocialKind, now_ms};
 
 /// Tunables of the hub; see `docs/configuration.md` for the settings that feed them.
@@ -26,6 +26,12 @@ pub struct HubConfig {
     pub chat_per_viewer_per_s: u32,
     /// Most events in one batch frame.
     pub max_batch: usize,
+    /// A room event that follows the room's last fan-out within this window waits for
+    /// the window to close and goes out with the others as one batch frame, framed once
+    /// and shared by every session (zero: every event goes out at once). It bounds the
+    /// room frames per session per second under load, at the price of up to one window
+    /// of latency for events that arrive close together. Needs a tokio runtime.
+    pub batch_window: Duration,
     /// Most open connections on this node.
     pub max_connections: usize,
     /// Most new connections per second on this node.
@@ -41,6 +47,7 @@ impl Default for HubConfig {
             social_queue_len: 64,
             chat_per_viewer_per_s: 20,
             max_batch: 64,
+            batch_window: Duration::ZERO,
             max_connections: 200_000,
             new_connections_per_s: 5_000,
         }
@@ -112,10 +119,19 @@ struct Inner {
     config: HubConfig,
     bus: Arc<dyn crate::Bus>,
     framing: Arc<dyn Framing>,
+    batcher: Option<Arc<Batcher>>,
     rooms: DashMap<String, Arc<RoomChannel>>,
     users: DashMap<String, Vec<Weak<Session>>>,
     connections: AtomicUsize,
     admission: Mutex<(i64, u32)>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(batcher) = &self.batcher {
+            batcher.close();
+        }
+    }
 }
 
 /// The hub of this node. Cheap to clone.
@@ -137,11 +153,20 @@ impl Hub {
         bus: Arc<dyn crate::Bus>,
     ) -> Self {
         describe_metrics();
+        let batcher = (!config.batch_window.is_zero())
+            .then(|| tokio::runtime::Handle::try_current().ok())
+            .flatten()
+            .map(|runtime| {
+                let batcher = Batcher::new(config.batch_window);
+                runtime.spawn(batcher.clone().run());
+                batcher
+            });
         Self {
             inner: Arc::new(Inner {
                 config,
                 bus,
                 framing,
+                batcher,
                 rooms: DashMap::new(),
                 users: DashMap::new(),
                 connections: AtomicUsize::new(0),
@@ -171,7 +196,7 @@ impl Hub {
             .entry(room_id.to_owned())
             .or_insert_with(|| {
                 metrics::gauge!("harvest_rooms").increment(1.0);
-                Arc::new(RoomChannel::new(
+                RoomChannel::new(
                     room_id,
                     init(),
                     Retention {
@@ -179,7 +204,10 @@ impl Hub {
                         age: self.inner.config.history_age,
                     },
                     self.inner.config.chat_per_viewer_per_s,
-                ))
+                    self.inner.framing.clone(),
+                    self.inner.batcher.clone(),
+                    self.inner.config.max_batch,
+                )
             });
         entry.clone()
     }

@@ -41,6 +41,8 @@ pub use hub::{
 pub use queue::{CLOSE_TOO_SLOW, Frame, Session, SessionId};
 pub use room::{Delivered, RoomChannel};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 /// The wire encodings a session may speak.
@@ -102,17 +104,37 @@ pub trait Framing: Send + Sync + 'static {
     fn wraps_single(&self, _encoding: Encoding) -> bool {
         false
     }
+
+    /// One frame holding the events of `pieces` in order, where a piece is either one
+    /// encoded event or a whole frame made by [`Framing::frame`] (a room's batch),
+    /// whose events are spliced in without re-encoding them.
+    fn join(&self, encoding: Encoding, pieces: &[Piece<'_>]) -> Bytes;
 }
 
-/// One event, encoded once per encoding and shared by every session.
+/// A part of a frame being joined: one event, or a frame of several.
+#[derive(Debug, Clone, Copy)]
+pub struct Piece<'a> {
+    pub bytes: &'a Bytes,
+    /// `bytes` is a frame made by [`Framing::frame`] rather than one event.
+    pub framed: bool,
+}
+
+/// One event, encoded once per encoding and shared by every session; or a room's
+/// batch of consecutive room events, framed once per encoding (see
+/// [`HubConfig::batch_window`](crate::HubConfig::batch_window)).
 #[derive(Debug)]
 pub struct Encoded {
     pub lane: Lane,
+    /// The event's seq (a batch: its last event's).
     pub seq: Option<u64>,
-    /// Server time in ms when the event was created.
+    /// Server time in ms when the event was created (a batch: its last event's).
     pub ts: i64,
     json: Bytes,
     protobuf: Bytes,
+    /// Events held: 1, or the size of a batch.
+    count: u32,
+    /// The bytes are a frame of [`Framing::frame`], not one event.
+    framed: bool,
 }
 
 impl Encoded {
@@ -124,6 +146,27 @@ impl Encoded {
             ts,
             json,
             protobuf,
+            count: 1,
+            framed: false,
+        }
+    }
+
+    /// Consecutive events framed once per encoding, to be queued as one item. `events`
+    /// holds at least two single events of one lane.
+    pub fn batch(events: &[Arc<Encoded>], framing: &dyn Framing) -> Self {
+        let last = events.last().expect("a batch holds events");
+        let frame = |encoding| {
+            let parts: Vec<Bytes> = events.iter().map(|e| e.bytes(encoding).clone()).collect();
+            framing.frame(encoding, &parts)
+        };
+        Self {
+            lane: last.lane,
+            seq: last.seq,
+            ts: last.ts,
+            json: frame(Encoding::Json),
+            protobuf: frame(Encoding::Protobuf),
+            count: events.iter().map(|e| e.count).sum(),
+            framed: true,
         }
     }
 
@@ -135,7 +178,19 @@ impl Encoded {
             ts,
             json: event.encode(seq, Encoding::Json),
             protobuf: event.encode(seq, Encoding::Protobuf),
+            count: 1,
+            framed: false,
         }
+    }
+
+    /// Events held: 1, or the size of a batch.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether the bytes are a frame of several events (a room's batch).
+    pub fn is_framed(&self) -> bool {
+        self.framed
     }
 
     /// The bytes of one encoding.

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::{Encoded, Encoding, Framing, Lane, SocialKind};
+use crate::{Encoded, Encoding, Framing, Lane, Piece, SocialKind};
 
 /// A process-unique session number.
 pub type SessionId = u64;
@@ -234,28 +234,34 @@ impl Session {
         }
         let max = self.limits.max_batch.max(1);
         let mut events: Vec<Arc<Encoded>> = Vec::new();
-        while events.len() < max
+        // Events taken so far (a room's batch counts as its events).
+        let mut n = 0usize;
+        while n < max
             && let Some(ev) = st.front.pop_front()
         {
+            n += ev.count() as usize;
             events.push(ev);
         }
-        while events.len() < max
+        while n < max
             && let Some(ev) = st.lossless.pop_front()
         {
             st.lossless_bytes -= ev.cost();
+            n += ev.count() as usize;
             events.push(ev);
         }
-        while events.len() < max
+        while n < max
             && let Some(ev) = st.chat.pop_front()
         {
+            n += 1;
             events.push(ev);
         }
-        if events.len() < max
+        if n < max
             && let Some(ev) = st.likes.take()
         {
+            n += 1;
             events.push(ev);
         }
-        if events.len() < max
+        if n < max
             && let Some(ev) = st.viewers.take()
         {
             events.push(ev);
@@ -271,16 +277,29 @@ impl Session {
                 Lane::Room => 0,
                 Lane::Social => 1,
                 Lane::Private => 2,
-            }] += 1;
+            }] += ev.count();
         }
-        let bytes = if events.len() == 1 && !self.framing.wraps_single(self.encoding) {
-            events[0].bytes(self.encoding).clone()
-        } else {
-            let parts: Vec<Bytes> = events
-                .iter()
-                .map(|e| e.bytes(self.encoding).clone())
-                .collect();
-            self.framing.frame(self.encoding, &parts)
+        let bytes = match events.as_slice() {
+            // A room's batch is already a frame: sent as it is, shared with every session.
+            [one] if one.is_framed() => one.bytes(self.encoding).clone(),
+            [one] if !self.framing.wraps_single(self.encoding) => one.bytes(self.encoding).clone(),
+            _ if events.iter().any(|e| e.is_framed()) => {
+                let pieces: Vec<Piece<'_>> = events
+                    .iter()
+                    .map(|e| Piece {
+                        bytes: e.bytes(self.encoding),
+                        framed: e.is_framed(),
+                    })
+                    .collect();
+                self.framing.join(self.encoding, &pieces)
+            }
+            _ => {
+                let parts: Vec<Bytes> = events
+                    .iter()
+                    .map(|e| e.bytes(self.encoding).clone())
+                    .collect();
+                self.framing.frame(self.encoding, &parts)
+            }
         };
         Some(Frame::Data { bytes, counts })
     }

@@ -2,14 +2,17 @@
 //! its presence and like counters.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
 
 use crate::queue::{Pushed, Session, SessionId};
-use crate::{Encode, Encoded, Lane, SocialKind, now_ms};
+use crate::{Encode, Encoded, Framing, Lane, SocialKind, now_ms};
 
 /// How much history a room keeps: the last `events` room events or the last `age`,
 /// whichever retains more.
@@ -23,12 +26,93 @@ struct Log {
     epoch: String,
     last_seq: u64,
     history: VecDeque<Arc<Encoded>>,
+    /// Room events in the history not yet queued for the sessions: they go out together
+    /// as one batch when the room's batch window closes.
+    pending: Vec<Arc<Encoded>>,
+    /// When room events were last queued for the sessions.
+    last_fanout: Option<Instant>,
+    /// A flush of `pending` is scheduled with the batcher.
+    flush_scheduled: bool,
+}
+
+/// Flushes the rooms' pending batches when their windows close: one task per hub.
+///
+/// A room event that finds its room quiet (nothing queued for the sessions in the last
+/// window) goes out at once; one that follows closely waits for the window to close and
+/// goes out with the others as one batch, framed once per encoding and shared by every
+/// session. Under load each session then gets at most one room frame per window, however
+/// many events the room publishes, and the cost of fan-out follows the window, not the
+/// event rate.
+pub(crate) struct Batcher {
+    pub window: Duration,
+    due: Mutex<Vec<(Instant, Weak<RoomChannel>)>>,
+    notify: Notify,
+    closed: AtomicBool,
+}
+
+impl Batcher {
+    pub fn new(window: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            window,
+            due: Mutex::new(Vec::new()),
+            notify: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn schedule(&self, at: Instant, room: Weak<RoomChannel>) {
+        self.due.lock().push((at, room));
+        self.notify.notify_one();
+    }
+
+    /// Stops [`Batcher::run`].
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// Flushes each scheduled room when its window closes, until closed.
+    pub async fn run(self: Arc<Self>) {
+        while !self.closed.load(Ordering::Relaxed) {
+            let next = self.due.lock().iter().map(|(at, _)| *at).min();
+            let Some(at) = next else {
+                self.notify.notified().await;
+                continue;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                // An earlier window may have been scheduled: look again.
+                _ = self.notify.notified() => continue,
+            }
+            let now = Instant::now();
+            let ready: Vec<Weak<RoomChannel>> = {
+                let mut due = self.due.lock();
+                let mut ready = Vec::new();
+                due.retain(|(at, room)| {
+                    if *at <= now {
+                        ready.push(room.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                ready
+            };
+            for room in ready.iter().filter_map(Weak::upgrade) {
+                room.flush();
+            }
+        }
+    }
 }
 
 /// A room's fan-out channel.
 pub struct RoomChannel {
     pub id: String,
     log: Mutex<Log>,
+    this: Weak<RoomChannel>,
+    framing: Arc<dyn Framing>,
+    batcher: Option<Arc<Batcher>>,
+    max_batch: usize,
     sessions: RwLock<HashMap<SessionId, Arc<Session>>>,
     retention: Retention,
     chat_cap: u32,
@@ -74,19 +158,29 @@ impl RoomChannel {
         init: crate::RoomInit,
         retention: Retention,
         chat_cap: u32,
-    ) -> Self {
+        framing: Arc<dyn Framing>,
+        batcher: Option<Arc<Batcher>>,
+        max_batch: usize,
+    ) -> Arc<Self> {
         let history = init
             .history
             .into_iter()
             .filter(|e| e.seq.is_some_and(|s| s <= init.last_seq))
             .collect();
-        Self {
+        Arc::new_cyclic(|this| Self {
             id: id.to_owned(),
             log: Mutex::new(Log {
                 epoch: init.epoch,
                 last_seq: init.last_seq,
                 history,
+                pending: Vec::new(),
+                last_fanout: None,
+                flush_scheduled: false,
             }),
+            this: this.clone(),
+            framing,
+            batcher,
+            max_batch: max_batch.max(1),
             sessions: RwLock::new(HashMap::new()),
             retention,
             chat_cap,
@@ -99,7 +193,57 @@ impl RoomChannel {
             chat_messages: AtomicU64::new(0),
             cluster_viewers: AtomicU64::new(u64::MAX),
             cluster_likes: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    /// Queues a room event for every session: at once when the room was quiet for a
+    /// batch window (or batching is off), else with the room's next batch.
+    fn fan_out_room(&self, log: &mut Log, event: Arc<Encoded>) -> Fanout {
+        let Some(batcher) = &self.batcher else {
+            return self.fan_out(|s| s.push_lossless(event.clone()));
+        };
+        let now = Instant::now();
+        let quiet = log.pending.is_empty()
+            && log
+                .last_fanout
+                .is_none_or(|t| now.duration_since(t) >= batcher.window);
+        if quiet {
+            log.last_fanout = Some(now);
+            return self.fan_out(|s| s.push_lossless(event.clone()));
         }
+        log.pending.push(event);
+        if log.pending.len() >= self.max_batch {
+            return self.flush_locked(log);
+        }
+        if !log.flush_scheduled {
+            log.flush_scheduled = true;
+            let at = log.last_fanout.unwrap_or(now) + batcher.window;
+            batcher.schedule(at, self.this.clone());
+        }
+        Fanout::default()
+    }
+
+    /// Queues the pending room events for every session as one batch.
+    fn flush_locked(&self, log: &mut Log) -> Fanout {
+        if log.pending.is_empty() {
+            return Fanout::default();
+        }
+        let pending = std::mem::take(&mut log.pending);
+        log.last_fanout = Some(Instant::now());
+        let item = match pending.as_slice() {
+            [one] => one.clone(),
+            _ => Arc::new(Encoded::batch(&pending, &*self.framing)),
+        };
+        self.fan_out(|s| s.push_lossless(item.clone()))
+    }
+
+    /// The batch window closed: queues what is pending.
+    fn flush(&self) {
+        let mut log = self.log.lock();
+        log.flush_scheduled = false;
+        let fanout = self.flush_locked(&mut log);
+        drop(log);
+        crate::hub::record(Lane::Room, 0, fanout);
     }
 
     /// Delivers a room event whose `seq` was assigned elsewhere (a shared log): it is
@@ -128,7 +272,7 @@ impl RoomChannel {
         log.last_seq = seq;
         log.history.push_back(encoded.clone());
         self.trim(&mut log);
-        let fanout = self.fan_out(|s| s.push_lossless(encoded.clone()));
+        let fanout = self.fan_out_room(&mut log, encoded);
         drop(log);
         crate::hub::record(Lane::Room, 1, fanout);
         (Delivered::Appended, fanout.queued)
@@ -141,6 +285,7 @@ impl RoomChannel {
         log.epoch = init.epoch;
         log.last_seq = init.last_seq;
         log.history = init.history.into_iter().collect();
+        log.pending.clear();
         drop(log);
         self.close_all(code);
     }
@@ -184,7 +329,7 @@ impl RoomChannel {
         log.last_seq = seq;
         log.history.push_back(encoded.clone());
         self.trim(&mut log);
-        let fanout = self.fan_out(|s| s.push_lossless(encoded.clone()));
+        let fanout = self.fan_out_room(&mut log, encoded.clone());
         let epoch = log.epoch.clone();
         drop(log);
         (epoch, encoded, fanout)
@@ -257,6 +402,10 @@ impl RoomChannel {
         since: Option<(&str, u64)>,
     ) -> (String, u64, Option<Vec<Arc<Encoded>>>) {
         let mut log = self.log.lock();
+        // The sessions already here get what is pending first: the new one starts
+        // after it (at `last_seq`, or with the replay).
+        let flushed = self.flush_locked(&mut log);
+        crate::hub::record(Lane::Room, 0, flushed);
         self.trim(&mut log);
         let replay = since.and_then(|(epoch, since)| {
             if epoch != log.epoch || since > log.last_seq {

@@ -188,6 +188,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(live::mute))
         .routes(routes!(live::ban))
         .routes(routes!(live::delete_chat))
+        .routes(routes!(live::publish_test_event))
         .routes(routes!(crate::live::ws::ws_room))
 }
 

@@ -145,6 +145,13 @@ pub struct Settings {
     /// WebSocket read and write buffer sizes per connection, in bytes.
     pub ws_read_buffer_bytes: usize,
     pub ws_write_buffer_bytes: usize,
+    /// A room event that follows the room's previous one within this many milliseconds
+    /// waits for the window to close and goes out with the others as one batch frame
+    /// (0: every room event goes out at once).
+    pub room_batch_window_ms: u64,
+    /// Serves `POST /api/v1/admin/rooms/{id}/test-events` (admin only), which publishes
+    /// `test.message` room events for load tests. Off by default.
+    pub test_publish: bool,
     /// Most open WebSocket connections on this node (past it: close 4029).
     pub max_connections: usize,
     /// Most new WebSocket connections per second on this node (past it: close 4029).
@@ -195,6 +202,8 @@ impl Default for Settings {
             ws_outbound_queue_bytes: 1024 * 1024,
             ws_read_buffer_bytes: 4096,
             ws_write_buffer_bytes: 4096,
+            room_batch_window_ms: 10,
+            test_publish: false,
             max_connections: 200_000,
             new_connections_per_s: 5_000,
             chat_per_viewer_per_s: 20,
@@ -246,6 +255,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("ws_outbound_queue_bytes", Kind::Int),
     ("ws_read_buffer_bytes", Kind::Int),
     ("ws_write_buffer_bytes", Kind::Int),
+    ("room_batch_window_ms", Kind::Int),
+    ("test_publish", Kind::Bool),
     ("max_connections", Kind::Int),
     ("new_connections_per_s", Kind::Int),
     ("chat_per_viewer_per_s", Kind::Int),

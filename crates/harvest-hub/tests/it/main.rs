@@ -26,6 +26,11 @@ impl Framing for Joiner {
         let parts: Vec<&[u8]> = events.iter().map(|b| b.as_ref()).collect();
         Bytes::from(parts.join(&b"|"[..]))
     }
+
+    fn join(&self, _: Encoding, pieces: &[harvest_hub::Piece<'_>]) -> Bytes {
+        let parts: Vec<&[u8]> = pieces.iter().map(|p| p.bytes.as_ref()).collect();
+        Bytes::from(parts.join(&b"|"[..]))
+    }
 }
 
 fn hub(config: HubConfig) -> Hub {
@@ -455,4 +460,124 @@ async fn a_room_opened_from_a_stored_position_serves_recovery_from_its_history()
         )
         .recovered
     );
+}
+
+/// Every frame a session has ready, as text.
+fn frames(session: &harvest_hub::Session) -> Vec<(String, [u32; 3])> {
+    let mut out = Vec::new();
+    while let Some(frame) = session.take_frame() {
+        match &frame {
+            Frame::Data { counts, .. } => out.push((text(&frame), *counts)),
+            Frame::Close(_) => panic!("closed: {frame:?}"),
+        }
+    }
+    out
+}
+
+/// Lets (paused) time pass beyond `d` and the batcher run.
+async fn settle(d: Duration) {
+    tokio::time::sleep(d + Duration::from_millis(1)).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn room_events_close_together_go_out_as_one_batch_per_window() {
+    let window = Duration::from_millis(20);
+    let hub = hub(HubConfig {
+        batch_window: window,
+        max_batch: 8,
+        ..HubConfig::default()
+    });
+    let room = hub.room("r");
+    let a = hub.join(hub.admit().unwrap(), &room, None, Encoding::Json, None);
+    a.session.start(vec![]);
+
+    // A quiet room: the first event goes out at once, alone.
+    hub.publish("r", &Ev("e")).await.unwrap();
+    assert_eq!(frames(&a.session), [("e#1".to_owned(), [1, 0, 0])]);
+
+    // Events that follow within the window wait for it to close...
+    for _ in 0..3 {
+        hub.publish("r", &Ev("e")).await.unwrap();
+    }
+    assert!(
+        frames(&a.session).is_empty(),
+        "held until the window closes"
+    );
+    assert_eq!(room.position().1, 4, "seqs are assigned at once");
+    // ...and go out as one batch, counted as three room events.
+    settle(window).await;
+    assert_eq!(frames(&a.session), [("e#2|e#3|e#4".to_owned(), [3, 0, 0])]);
+
+    // A session joining while events are pending does not get them twice: those
+    // already here get the pending events first, the newcomer starts after them.
+    hub.publish("r", &Ev("e")).await.unwrap();
+    let b = hub.join(hub.admit().unwrap(), &room, None, Encoding::Json, None);
+    b.session.start(vec![]);
+    assert_eq!(b.last_seq, 5);
+    assert_eq!(frames(&a.session), [("e#5".to_owned(), [1, 0, 0])]);
+    hub.publish("r", &Ev("e")).await.unwrap();
+    settle(window * 2).await;
+    assert_eq!(seqs(&drain(&a.session)), [6]);
+    assert_eq!(seqs(&drain(&b.session)), [6]);
+
+    // After a quiet window the next event goes out at once; a full batch (8) goes out
+    // without waiting for the window (both are taken as one frame here).
+    tokio::time::sleep(window * 2).await;
+    for _ in 0..9 {
+        hub.publish("r", &Ev("e")).await.unwrap();
+    }
+    let early = frames(&a.session);
+    assert_eq!(early.len(), 1, "{early:?}");
+    assert_eq!(early[0].1, [9, 0, 0]);
+    assert_eq!(
+        seqs(&early[0].0.split('|').map(str::to_owned).collect::<Vec<_>>()),
+        (7..=15).collect::<Vec<_>>()
+    );
+    settle(window).await;
+    assert!(frames(&a.session).is_empty());
+
+    // A batch queued behind other events is spliced into one frame with them, in order.
+    hub.social("r", SocialKind::Likes, &Ev("likes-1"));
+    hub.publish("r", &Ev("e")).await.unwrap();
+    hub.publish("r", &Ev("e")).await.unwrap();
+    settle(window).await;
+    let got = frames(&b.session);
+    let all: Vec<String> = got.iter().map(|(t, _)| t.clone()).collect();
+    let joined = all.join("|");
+    assert_eq!(
+        seqs(&joined.split('|').map(str::to_owned).collect::<Vec<_>>()),
+        (7..=17).collect::<Vec<_>>()
+    );
+    assert!(joined.contains("likes-1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovery_sees_events_still_waiting_for_their_batch() {
+    let hub = hub(HubConfig {
+        batch_window: Duration::from_millis(50),
+        ..HubConfig::default()
+    });
+    let room = hub.room("r");
+    let a = hub.join(hub.admit().unwrap(), &room, None, Encoding::Json, None);
+    a.session.start(vec![]);
+    for _ in 0..3 {
+        hub.publish("r", &Ev("e")).await.unwrap();
+    }
+    // Seqs 2 and 3 are pending; a client resuming from 1 gets them by replay, once.
+    let (epoch, _) = room.position();
+    let b = hub.join(
+        hub.admit().unwrap(),
+        &room,
+        None,
+        Encoding::Json,
+        Some((&epoch, 1)),
+    );
+    assert!(b.recovered);
+    b.session.start(vec![]);
+    settle(Duration::from_millis(120)).await;
+    assert_eq!(seqs(&drain(&b.session)), [2, 3]);
+    assert_eq!(seqs(&drain(&a.session)), [1, 2, 3]);
 }

@@ -113,6 +113,13 @@ pub struct ChatDeleted {
     pub message_id: String,
 }
 
+/// `test.message`: a load-test message published through the admin-only test publish
+/// path (only when the server enables it with `test_publish`); clients ignore it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TestMessage {
+    pub text: String,
+}
+
 /// `pk.started`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PkStarted {
@@ -223,6 +230,7 @@ proto_message!(SaleSoldOut { sale_id = 1 });
 proto_message!(SaleEnded { sale_id = 1, sold = 2 });
 proto_message!(OrderPlaced { sale_id = 1, product_id = 2, quantity = 3, buyer = 4 });
 proto_message!(ChatDeleted { message_id = 1 });
+proto_message!(TestMessage { text = 1 });
 proto_message!(PkStarted { r#match = 1 });
 proto_message!(PkScore { match_id = 1, scores = 2, leader_ids = 3, ends_at = 4 });
 proto_message!(PkEnded { r#match = 1 });

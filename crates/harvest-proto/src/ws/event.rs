@@ -181,6 +181,7 @@ events! {
     RoomViewers = "room.viewers", 5, Social;
     HoldExpired = "hold.expired", 15, Private;
     OrderPaid = "order.paid", 25, Private;
+    TestMessage = "test.message", 26, Room;
     ErrorEvent = "error", 11, Private;
     Pong = "pong", 10, Private;
 }
@@ -393,6 +394,46 @@ pub fn proto_frame(events: &[Bytes]) -> Bytes {
         out.put_u8(SERVER_FRAME_EVENT_KEY);
         encoding::encode_varint(event.len() as u64, &mut out);
         out.put_slice(event);
+    }
+    out.freeze()
+}
+
+/// A JSON batch of `pieces` in order: each piece is one event encoded by
+/// [`encode_json`] (`false`) or a batch made by [`json_batch`] (`true`), whose events
+/// are spliced in without their brackets.
+pub fn json_join(pieces: &[(&Bytes, bool)]) -> Bytes {
+    let inner = |(bytes, batch): &(&Bytes, bool)| -> Bytes {
+        if *batch && bytes.len() >= 2 {
+            bytes.slice(1..bytes.len() - 1)
+        } else {
+            (*bytes).clone()
+        }
+    };
+    let parts: Vec<Bytes> = pieces.iter().map(inner).filter(|p| !p.is_empty()).collect();
+    json_batch(&parts)
+}
+
+/// A binary frame of `pieces` in order: each piece is one event encoded by
+/// [`encode_proto`] (`false`) or a frame made by [`proto_frame`] (`true`), copied as it
+/// is (frames concatenate).
+pub fn proto_join(pieces: &[(&Bytes, bool)]) -> Bytes {
+    let len = pieces
+        .iter()
+        .map(|(b, framed)| {
+            if *framed {
+                b.len()
+            } else {
+                1 + encoding::encoded_len_varint(b.len() as u64) + b.len()
+            }
+        })
+        .sum();
+    let mut out = BytesMut::with_capacity(len);
+    for (bytes, framed) in pieces {
+        if !*framed {
+            out.put_u8(SERVER_FRAME_EVENT_KEY);
+            encoding::encode_varint(bytes.len() as u64, &mut out);
+        }
+        out.put_slice(bytes);
     }
     out.freeze()
 }

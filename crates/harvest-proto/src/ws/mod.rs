@@ -25,7 +25,8 @@ pub use client::{
 pub use data::*;
 pub use event::{
     Event, EventData, EventDecodeError, Lane, decode_json_event, decode_json_frame,
-    decode_proto_event, decode_proto_frame, encode_json, encode_proto, json_batch, proto_frame,
+    decode_proto_event, decode_proto_frame, encode_json, encode_proto, json_batch, json_join,
+    proto_frame, proto_join,
 };
 // The shapes events carry, re-exported for convenience.
 pub use crate::{

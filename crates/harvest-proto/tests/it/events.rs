@@ -83,6 +83,7 @@ fn lanes_follow_the_api() {
         "pk.score",
         "pk.ended",
         "contest.standings",
+        "test.message",
     ] {
         assert_eq!(lane(t), Lane::Room, "{t}");
     }

@@ -250,6 +250,10 @@ pub fn all_events() -> Vec<Event> {
             order: order(false),
         }
         .into(),
+        TestMessage {
+            text: "1 42 xx".into(),
+        }
+        .into(),
         ErrorEvent {
             code: WsErrorCode::RateLimited,
             message: "too many chat messages".into(),

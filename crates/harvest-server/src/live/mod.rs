@@ -73,6 +73,14 @@ impl harvest_hub::Framing for WireFraming {
     fn wraps_single(&self, encoding: harvest_hub::Encoding) -> bool {
         encoding == harvest_hub::Encoding::Protobuf
     }
+
+    fn join(&self, encoding: harvest_hub::Encoding, pieces: &[harvest_hub::Piece<'_>]) -> Bytes {
+        let pieces: Vec<(&Bytes, bool)> = pieces.iter().map(|p| (p.bytes, p.framed)).collect();
+        match encoding {
+            harvest_hub::Encoding::Json => wire::json_join(&pieces),
+            harvest_hub::Encoding::Protobuf => wire::proto_join(&pieces),
+        }
+    }
 }
 
 /// Limits of the live layer, from the settings.
@@ -122,6 +130,7 @@ impl Live {
             social_queue_len: 64,
             chat_per_viewer_per_s: settings.chat_per_viewer_per_s.max(1),
             max_batch: 64,
+            batch_window: Duration::from_millis(settings.room_batch_window_ms),
             max_connections: settings.max_connections,
             new_connections_per_s: settings.new_connections_per_s.max(1),
         };

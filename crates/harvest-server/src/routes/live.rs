@@ -290,3 +290,61 @@ pub async fn delete_chat(
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Body of a load-test message.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestEventBody {
+    /// The message, at most 4096 bytes.
+    #[schema(max_length = 4096)]
+    pub text: String,
+}
+
+/// Where a load-test message went in the room's event log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestEventPublished {
+    pub seq: u64,
+}
+
+/// Publish a `test.message` room event (admin only; served only when the server runs
+/// with `test_publish` on, else 404). For load tests that measure the fan-out alone:
+/// the event goes through the hub, the bus and the room event log like every room
+/// event, without the SQL writes of a product, sale or order change.
+#[utoipa::path(post, path = "/api/v1/admin/rooms/{id}/test-events", tag = "live",
+    params(("id" = String, Path, description = "room id")),
+    request_body = TestEventBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "published", body = TestEventPublished),
+        (status = 400, description = "invalid field", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "not an admin", body = ErrorBody),
+        (status = 404, description = "no such room, or the test publish path is off", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 503, description = "live delivery unavailable", body = ErrorBody),
+    ))]
+pub async fn publish_test_event(
+    State(state): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<TestEventBody>,
+) -> Result<axum::Json<TestEventPublished>, ApiError> {
+    if !state.settings.test_publish {
+        return Err(ApiError::new(
+            harvest_proto::ErrorCode::NotFound,
+            "the test publish path is off (setting test_publish)",
+        ));
+    }
+    if !user.is_admin() {
+        return Err(ApiError::forbidden("this needs the admin role"));
+    }
+    if body.text.len() > 4096 {
+        return Err(ApiError::field("text", "text must be at most 4096 bytes"));
+    }
+    load_room(&state, &id).await?;
+    let seq = state
+        .live
+        .publish(&id, wire::TestMessage { text: body.text })
+        .await?;
+    Ok(axum::Json(TestEventPublished { seq }))
+}

@@ -510,6 +510,13 @@ fn rows() -> Vec<Row> {
             idempotent: false,
             expect: [401, 403, 403, 403, 200, 200],
         },
+        Row {
+            method: Method::POST,
+            path: |f| format!("/api/v1/admin/rooms/{}/test-events", f.room),
+            body: |_| Some(json!({"text": "k=1"})),
+            idempotent: false,
+            expect: [401, 403, 403, 403, 403, 200],
+        },
     ]
 }
 
@@ -519,6 +526,7 @@ async fn every_route_for_every_caller() {
     let app = spawn_app_with(|s| {
         s.reservations_per_user_per_s = 100_000;
         s.reservations_burst = 100_000;
+        s.test_publish = true;
     })
     .await;
     let mut failures = Vec::new();

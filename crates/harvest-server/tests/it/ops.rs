@@ -126,6 +126,7 @@ async fn openapi_documents_every_route_with_errors() {
         ("/api/v1/rooms/{id}/moderation/mutes", &["post"]),
         ("/api/v1/rooms/{id}/moderation/bans", &["post"]),
         ("/api/v1/rooms/{id}/chat/{message_id}", &["delete"]),
+        ("/api/v1/admin/rooms/{id}/test-events", &["post"]),
         ("/ws/rooms/{room_id}", &["get"]),
         ("/api/v1/rooms/{id}/flash-sales", &["post"]),
         ("/api/v1/flash-sales/{id}", &["get"]),

@@ -545,3 +545,89 @@ async fn a_restarted_node_resumes_the_sequence_and_recovery() {
         .assert_status(200);
     assert_eq!(seq(&ws.event_of("room.status").await), seen + 2);
 }
+
+#[tokio::test]
+async fn the_test_publish_path_is_off_unless_configured() {
+    let app = spawn_app().await;
+    let (_, room) = live_room(&app, "owner").await;
+    let r = app
+        .post(
+            &format!("/api/v1/admin/rooms/{room}/test-events"),
+            Some(&app.admin("admin")),
+            &json!({"text": "hello"}),
+        )
+        .await;
+    r.assert_status(404);
+    assert_eq!(r.error_code(), Some("not_found"));
+    assert!(r.text.contains("test_publish"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_busy_room_sends_its_events_in_batches_to_json_and_protobuf_sessions() {
+    // A long window, so that events published back to back surely share it.
+    let app = spawn_app_with(|s| {
+        s.test_publish = true;
+        s.room_batch_window_ms = 300;
+    })
+    .await;
+    let (s, room) = live_room(&app, "owner").await;
+    app.post(&format!("/api/v1/rooms/{room}/start"), Some(&s), &json!({}))
+        .await
+        .assert_status(200);
+    let mut json_ws = WsClient::connect(&app.base_url, &room, "", None).await;
+    let mut proto_ws =
+        WsClient::connect(&app.base_url, &room, "", Some("harvest.v1.protobuf")).await;
+    for ws in [&mut json_ws, &mut proto_ws] {
+        assert_eq!(ws.event().await["type"], "session.welcome");
+        assert_eq!(ws.event().await["type"], "room.snapshot");
+    }
+    let admin = app.admin("admin");
+    let path = format!("/api/v1/admin/rooms/{room}/test-events");
+    // Bad input is refused and publishes nothing.
+    let r = app
+        .post(&path, Some(&admin), &json!({"text": "x".repeat(4097)}))
+        .await;
+    r.assert_status(400);
+    assert_eq!(r.error_code(), Some("bad_request"));
+    app.post(&path, Some(&app.streamer("owner")), &json!({"text": "t"}))
+        .await
+        .assert_status(403);
+    let mut seqs = Vec::new();
+    for i in 0..6 {
+        let r = app
+            .post(&path, Some(&admin), &json!({"text": format!("m{i}")}))
+            .await;
+        r.assert_status(200);
+        seqs.push(r.body["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, (2..=7).collect::<Vec<_>>(), "room.status was seq 1");
+    for ws in [&mut json_ws, &mut proto_ws] {
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            let e = ws.event().await;
+            assert_eq!(e["type"], "test.message", "{e}");
+            got.push((seq(&e), e["data"]["text"].as_str().unwrap().to_owned()));
+        }
+        let want: Vec<(u64, String)> = (0..6).map(|i| (i + 2, format!("m{i}"))).collect();
+        assert_eq!(got, want);
+        assert!(ws.batches >= 1, "events close together share a frame");
+    }
+    // They are in the room's event log like any room event (written behind).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = app
+            .get(&format!("/api/v1/rooms/{room}/events?after_seq=1"), None)
+            .await;
+        let types: Vec<String> = log.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect();
+        if types.len() == 6 || std::time::Instant::now() > deadline {
+            assert_eq!(types, vec!["test.message"; 6]);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
