@@ -199,6 +199,10 @@ pub struct StepSummary {
     pub max_ms: Option<f64>,
     /// Messages received by all subscribers per second of the step.
     pub deliveries_per_s: f64,
+    /// WebSocket frames the subscribers received per second (several messages share a
+    /// frame when the server batches).
+    #[serde(default)]
+    pub frames_per_s: f64,
     pub server_cpu_cores: Option<f64>,
     pub server_rss_bytes: Option<u64>,
     pub client_cpu_cores: f64,
@@ -269,13 +273,14 @@ impl Summary for RampSummary {
                 "step",
                 format!("{:.0}/s", step.rate),
                 format!(
-                    "{} p50 {} p99 {} max {} ms, lost {}, {:.0} deliveries/s, server {} client {:.2} cores{}",
+                    "{} p50 {} p99 {} max {} ms, lost {}, {:.0} deliveries/s in {:.0} frames/s, server {} client {:.2} cores{}",
                     if step.passed { "pass" } else { "FAIL" },
                     opt_ms(step.p50_ms),
                     opt_ms(step.p99_ms),
                     opt_ms(step.max_ms),
                     n(step.lost),
                     step.deliveries_per_s,
+                    step.frames_per_s,
                     step.server_cpu_cores
                         .map_or_else(|| "-".into(), |c| format!("{c:.2}")),
                     step.client_cpu_cores,
@@ -611,6 +616,7 @@ async fn run_ramp(
         bar.set_prefix(format!("{rate:.0}/s"));
         let server_before = probe.sample().await;
         let client_before = common::client_cpu_s();
+        let frames_before = shared.frames.load(Ordering::Relaxed);
         let subscribers = shared.alive.load(Ordering::Relaxed);
         let started = std::time::Instant::now();
         let outcome = publisher
@@ -678,6 +684,9 @@ async fn run_ramp(
             p99_ms: p99.map(ms),
             max_ms: (tally.latency.count() > 0).then(|| ms(tally.latency.max())),
             deliveries_per_s: round2(received as f64 / plan.step.as_secs_f64()),
+            frames_per_s: round2(
+                (shared.frames.load(Ordering::Relaxed) - frames_before) as f64 / elapsed,
+            ),
             server_cpu_cores: match (server_before, server_after) {
                 (Some(a), Some(b)) => Some(round2((b.0 - a.0).max(0.0) / elapsed)),
                 _ => None,
@@ -1658,24 +1667,13 @@ fn scan_pinned(frame: &[u8], out: &mut Vec<(u64, String, u64)>) -> bool {
 
 /// The bytes after the first `needle` in `hay`.
 fn field_after<'a>(hay: &'a [u8], needle: &[u8]) -> Option<&'a [u8]> {
-    let i = hay.windows(needle.len()).position(|w| w == needle)?;
+    let i = memchr::memmem::find(hay, needle)?;
     Some(&hay[i + needle.len()..])
 }
 
 /// Every position of `needle` in `hay`.
 fn memfind_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut from = 0;
-    while from + needle.len() <= hay.len() {
-        match hay[from..].windows(needle.len()).position(|w| w == needle) {
-            Some(i) => {
-                out.push(from + i);
-                from += i + needle.len();
-            }
-            None => break,
-        }
-    }
-    out
+    memchr::memmem::find_iter(hay, needle).collect()
 }
 
 #[cfg(test)]
