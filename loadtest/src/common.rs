@@ -370,6 +370,29 @@ impl Api {
         id_of(&product, "product")
     }
 
+    /// Creates `count` products (`lt-{run_id}-{i}`) and a live room titled `title`
+    /// with all of them in its bag; returns the room's id and the products' ids.
+    pub async fn live_room_with_bag(
+        &self,
+        run_id: &str,
+        count: u64,
+        title: &str,
+    ) -> anyhow::Result<(String, Vec<String>)> {
+        let mut product_ids = Vec::new();
+        for i in 0..count {
+            product_ids.push(
+                self.create_product(&format!("lt-{run_id}-{i}"))
+                    .await
+                    .context("setup: creating a product (is --jwt-secret the server's secret?)")?,
+            );
+        }
+        let room_id = self
+            .create_live_room(title, &product_ids)
+            .await
+            .context("setup: creating and starting the room")?;
+        Ok((room_id, product_ids))
+    }
+
     /// Creates a room, adds products to its bag, starts it; returns its id.
     pub async fn create_live_room(
         &self,

@@ -482,18 +482,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     )?;
 
     // Server-side state: M products in the bag of a live room.
-    let mut product_ids = Vec::new();
-    for i in 0..(4 * args.publish_concurrency).max(2) {
-        product_ids.push(
-            api.create_product(&format!("lt-{run_id}-{i}"))
-                .await
-                .context("setup: creating a product (is --jwt-secret the server's secret?)")?,
-        );
-    }
-    let room_id = api
-        .create_live_room(&format!("Load test {run_id}"), &product_ids)
-        .await
-        .context("setup: creating and starting the room")?;
+    let (room_id, product_ids) = api
+        .live_room_with_bag(
+            &run_id,
+            (4 * args.publish_concurrency).max(2),
+            &format!("Load test {run_id}"),
+        )
+        .await?;
     report::note(
         None,
         format!(

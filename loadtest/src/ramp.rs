@@ -1162,18 +1162,13 @@ impl Setup {
             )?),
             args.publish_concurrency as usize + 4,
         )?;
-        let mut product_ids = Vec::new();
-        for i in 0..(4 * args.publish_concurrency).max(2) {
-            product_ids.push(
-                api.create_product(&format!("lt-{run_id}-{i}"))
-                    .await
-                    .context("setup: creating a product (is --jwt-secret the server's secret?)")?,
-            );
-        }
-        let room_id = api
-            .create_live_room(&format!("F3 {run_id}"), &product_ids)
-            .await
-            .context("setup: creating and starting the room")?;
+        let (room_id, product_ids) = api
+            .live_room_with_bag(
+                &run_id,
+                (4 * args.publish_concurrency).max(2),
+                &format!("F3 {run_id}"),
+            )
+            .await?;
         let admin_api = match args.ramp.harvest_publish {
             HarvestPublish::Pin => None,
             HarvestPublish::TestEvents => {
