@@ -230,6 +230,10 @@ impl RoomChannel {
         }
         let pending = std::mem::take(&mut log.pending);
         log.last_fanout = Some(Instant::now());
+        if self.sessions.read().is_empty() {
+            // Nobody to frame the batch for: the events are in the history already.
+            return Fanout::default();
+        }
         let item = match pending.as_slice() {
             [one] => one.clone(),
             _ => Arc::new(Encoded::batch(&pending, &*self.framing)),
