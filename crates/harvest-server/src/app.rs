@@ -1,6 +1,7 @@
 //! Wiring: the router with its middleware, the startup of every component, and the
 //! ordered shutdown.
 
+use axum::serve::ListenerExt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -296,6 +297,13 @@ pub async fn serve(
             draining.notify_one();
         }
     };
+    // Events go out as soon as they are written: no Nagle delay behind a client's
+    // delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(signal);
     let mut server = tokio::spawn(async move { server.await });
     tokio::select! {
@@ -311,6 +319,8 @@ pub async fn serve(
     if !state.live.flush(Duration::from_secs(1)).await {
         tracing::warn!("room events not yet in SQL at shutdown");
     }
+    // Sessions were told to close when draining began; what is left is dropped.
+    state.live.sessions.shutdown();
     state.store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -149,6 +149,10 @@ pub struct Settings {
     /// waits for the window to close and goes out with the others as one batch frame
     /// (0: every room event goes out at once).
     pub room_batch_window_ms: u64,
+    /// Worker threads of the runtime that runs WebSocket sessions, apart from the one
+    /// serving HTTP, so API requests never queue behind a room's fan-out (0: one per
+    /// CPU).
+    pub ws_threads: usize,
     /// Serves `POST /api/v1/admin/rooms/{id}/test-events` (admin only), which publishes
     /// `test.message` room events for load tests. Off by default.
     pub test_publish: bool,
@@ -203,6 +207,7 @@ impl Default for Settings {
             ws_read_buffer_bytes: 4096,
             ws_write_buffer_bytes: 4096,
             room_batch_window_ms: 10,
+            ws_threads: 0,
             test_publish: false,
             max_connections: 200_000,
             new_connections_per_s: 5_000,
@@ -256,6 +261,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("ws_read_buffer_bytes", Kind::Int),
     ("ws_write_buffer_bytes", Kind::Int),
     ("room_batch_window_ms", Kind::Int),
+    ("ws_threads", Kind::Int),
     ("test_publish", Kind::Bool),
     ("max_connections", Kind::Int),
     ("new_connections_per_s", Kind::Int),

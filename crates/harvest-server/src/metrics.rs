@@ -47,8 +47,69 @@ impl Metrics {
     /// The Prometheus text exposition of every metric, process figures refreshed.
     pub fn render(&self) -> String {
         self.process.collect();
+        delivered::publish();
         self.handle.run_upkeep();
         with_precise_cpu(self.handle.render(), process_cpu_seconds())
+    }
+}
+
+/// `harvest_events_delivered_total`: every connection's writer adds to it with each
+/// frame, from every worker thread at once. A shared counter would bounce its cache line
+/// between the cores with every frame; each thread adds to a shard of its own instead,
+/// and the shards are summed into the counter when metrics are rendered.
+pub mod delivered {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    const SHARDS: usize = 32;
+
+    /// One thread's counts per lane (room, social, private), alone on its cache line.
+    #[repr(align(128))]
+    struct Shard([AtomicU64; 3]);
+
+    static SHARD: [Shard; SHARDS] = [const { Shard([const { AtomicU64::new(0) }; 3]) }; SHARDS];
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+    thread_local! {
+        static MINE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+
+    fn mine() -> &'static Shard {
+        let i = MINE.with(|m| {
+            if m.get() == usize::MAX {
+                m.set(NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
+            }
+            m.get()
+        });
+        &SHARD[i]
+    }
+
+    /// Counts the events of one frame written to a socket, per lane.
+    pub fn add(counts: [u32; 3]) {
+        let shard = mine();
+        for (slot, n) in shard.0.iter().zip(counts) {
+            if n > 0 {
+                slot.fetch_add(u64::from(n), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Events delivered so far per lane (room, social, private).
+    pub fn totals() -> [u64; 3] {
+        let mut sum = [0u64; 3];
+        for shard in &SHARD {
+            for (total, slot) in sum.iter_mut().zip(&shard.0) {
+                *total += slot.load(Ordering::Relaxed);
+            }
+        }
+        sum
+    }
+
+    /// Sets the counter to the sum of the shards.
+    pub(super) fn publish() {
+        for (lane, total) in ["room", "social", "private"].into_iter().zip(totals()) {
+            metrics::counter!("harvest_events_delivered_total", "lane" => lane).absolute(total);
+        }
     }
 }
 

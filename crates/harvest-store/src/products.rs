@@ -27,7 +27,7 @@ pub struct ProductFilter {
     pub query: Option<String>,
 }
 
-const PRODUCT_COLUMNS: &str =
+pub(crate) const PRODUCT_COLUMNS: &str =
     "id, owner_id, sku, title, origin, unit, list_price, currency, image_url, created_at";
 
 pub(crate) fn product_from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {

@@ -186,6 +186,30 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
+    /// The products of the room's bag, in bag order, read in one query.
+    pub async fn room_bag(&self, room_id: &str) -> Result<Vec<harvest_proto::Product>, StoreError> {
+        let columns = crate::products::PRODUCT_COLUMNS
+            .split(", ")
+            .map(|c| format!("p.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = self
+            .timed(
+                sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {columns} FROM room_products rp \
+                     JOIN products p ON p.id = rp.product_id \
+                     WHERE rp.room_id = $1 ORDER BY rp.position, rp.product_id"
+                )))
+                .bind(room_id)
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(crate::products::product_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Adds a product to the end of the bag; adding one already there changes nothing.
     /// Returns the bag.
     pub async fn add_room_product(

@@ -7,6 +7,7 @@
 //! and like limits, and the presence ticker that pushes viewer counts and like totals.
 
 pub mod redis_bus;
+pub mod sessions;
 pub mod ws;
 
 use std::collections::VecDeque;
@@ -105,6 +106,8 @@ pub struct Live {
     open_lock: Arc<tokio::sync::Mutex<()>>,
     /// The shared bus when several nodes serve rooms (Redis configured).
     redis: Option<redis_bus::RedisBus>,
+    /// Where WebSocket sessions run.
+    pub sessions: Arc<sessions::SessionRuntime>,
 }
 
 /// Room events the history keeps when a room opens from the SQL log.
@@ -163,6 +166,7 @@ impl Live {
             masker: Arc::new(Masker::new(&settings.chat_sensitive_words)),
             open_lock: Arc::new(tokio::sync::Mutex::new(())),
             redis,
+            sessions: Arc::new(sessions::SessionRuntime::new(settings.ws_threads)?),
         })
     }
 

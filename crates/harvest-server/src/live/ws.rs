@@ -6,13 +6,19 @@
 //! (recovery with `since` and `epoch`) or a `room.snapshot`, then live events. Refusals
 //! complete the upgrade and close at once with their code, before any event.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use futures::Stream;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use futures::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use harvest_hub::{Frame, Lane, SocialKind};
 use harvest_proto::ws::{self as wire, ClientFrame, Encoding, FrameError, WsErrorCode, close};
@@ -92,12 +98,17 @@ pub async fn ws_room(
     if let Some(enc) = negotiated {
         upgrade = upgrade.protocols([enc.subprotocol()]);
     }
-    Ok(upgrade.on_upgrade(move |socket| async move {
-        let user = match auth {
-            Ok(user) => user,
-            Err(_) => return refuse(socket, close::INVALID_TOKEN).await,
-        };
-        run(socket, state, room_id, user, encoding, since).await;
+    Ok(upgrade.on_upgrade(move |socket| {
+        let sessions = state.live.sessions.clone();
+        // The session runs on the session runtime; the upgrade's task ends here.
+        sessions.spawn(async move {
+            let user = match auth {
+                Ok(user) => user,
+                Err(_) => return refuse(socket, close::INVALID_TOKEN).await,
+            };
+            run(socket, state, room_id, user, encoding, since).await;
+        });
+        std::future::ready(())
     }))
 }
 
@@ -192,44 +203,85 @@ async fn run(
     }
     session.start(first);
 
-    let (mut sink, mut stream) = socket.split();
+    let mut socket = socket;
     let likes_limiter: DefaultDirectRateLimiter = RateLimiter::direct(Quota::per_second(
         std::num::NonZeroU32::new(live.limits.likes_per_connection_per_s)
             .unwrap_or(std::num::NonZeroU32::MIN),
     ));
     let mut bad = BadFrames::default();
-    let delivered = delivered_counters();
+    let reader = ReadWaker::new();
+    // Frames written in a row while the client's side had something to read.
+    let mut written = 0u32;
     loop {
-        tokio::select! {
-            frame = session.next_frame() => match frame {
-                Frame::Data { bytes, counts } => {
-                    let message = match encoding {
-                        Encoding::Json => match Utf8Bytes::try_from(bytes) {
-                            Ok(text) => Message::Text(text),
-                            Err(_) => continue,
-                        },
-                        Encoding::Protobuf => Message::Binary(bytes),
-                    };
-                    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await {
-                        Ok(Ok(())) => record_delivered(&delivered, counts),
-                        _ => break,
-                    }
+        // Writing comes first, but after READ_EVERY frames in a row what the client sent
+        // is read first, so a busy room never starves it. The client's side is only
+        // polled when its socket said it has something (see `ReadWaker`).
+        let step = if written < READ_EVERY {
+            tokio::select! {
+                biased;
+                frame = session.next_frame() => Step::Send(frame),
+                incoming = reader.recv(&mut socket) => Step::Received(incoming),
+            }
+        } else {
+            tokio::select! {
+                biased;
+                incoming = reader.recv(&mut socket) => Step::Received(incoming),
+                frame = session.next_frame() => Step::Send(frame),
+            }
+        };
+        if matches!(step, Step::Received(_)) || !reader.is_ready() {
+            written = 0;
+        }
+        match step {
+            Step::Send(Frame::Data { bytes, counts }) => {
+                let message = match encoding {
+                    Encoding::Json => match Utf8Bytes::try_from(bytes) {
+                        Ok(text) => Message::Text(text),
+                        Err(_) => continue,
+                    },
+                    Encoding::Protobuf => Message::Binary(bytes),
+                };
+                match tokio::time::timeout(WRITE_TIMEOUT, socket.send(message)).await {
+                    Ok(Ok(())) => crate::metrics::delivered::add(counts),
+                    _ => break,
                 }
-                Frame::Close(code) => {
-                    let reason = close::reason(code).unwrap_or_default();
-                    let _ = tokio::time::timeout(
-                        WRITE_TIMEOUT,
-                        sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))),
-                    )
-                    .await;
-                    break;
-                }
-            },
-            incoming = stream.next() => {
+                written += 1;
+            }
+            Step::Send(Frame::Close(code)) => {
+                let reason = close::reason(code).unwrap_or_default();
+                let _ = tokio::time::timeout(
+                    WRITE_TIMEOUT,
+                    socket.send(Message::Close(Some(CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from_static(reason),
+                    }))),
+                )
+                .await;
+                break;
+            }
+            Step::Received(incoming) => {
                 let Some(Ok(message)) = incoming else { break };
                 let outcome = match message {
-                    Message::Text(text) => handle_bytes(&state, &room_id, user.as_ref(), encoding, text.as_bytes(), true, &likes_limiter, &session),
-                    Message::Binary(data) => handle_bytes(&state, &room_id, user.as_ref(), encoding, &data, false, &likes_limiter, &session),
+                    Message::Text(text) => handle_bytes(
+                        &state,
+                        &room_id,
+                        user.as_ref(),
+                        encoding,
+                        text.as_bytes(),
+                        true,
+                        &likes_limiter,
+                        &session,
+                    ),
+                    Message::Binary(data) => handle_bytes(
+                        &state,
+                        &room_id,
+                        user.as_ref(),
+                        encoding,
+                        &data,
+                        false,
+                        &likes_limiter,
+                        &session,
+                    ),
                     Message::Close(_) => break,
                     Message::Ping(_) | Message::Pong(_) => Ok(()),
                 };
@@ -271,19 +323,76 @@ impl BadFrames {
     }
 }
 
-/// The connection's handles on `harvest_events_delivered_total` per lane (room,
-/// social, private), looked up once rather than per frame.
-fn delivered_counters() -> [metrics::Counter; 3] {
-    ["room", "social", "private"]
-        .map(|lane| metrics::counter!("harvest_events_delivered_total", "lane" => lane))
+/// Frames a session writes before it looks at what the client sent, when frames keep
+/// coming.
+const READ_EVERY: u32 = 32;
+
+/// Polls a connection's incoming side only when its socket signalled something to
+/// read. A session loop waits on its queue and its socket at once, and would otherwise
+/// poll the socket, find nothing and re-register interest with every frame it writes.
+struct ReadWaker {
+    flag: Arc<ReadFlag>,
 }
 
-fn record_delivered(counters: &[metrics::Counter; 3], counts: [u32; 3]) {
-    for (counter, n) in counters.iter().zip(counts) {
-        if n > 0 {
-            counter.increment(u64::from(n));
+struct ReadFlag {
+    /// The socket may have something to read (initially: nothing was polled yet).
+    ready: AtomicBool,
+    /// The session task, woken when the socket is.
+    task: futures::task::AtomicWaker,
+}
+
+impl futures::task::ArcWake for ReadFlag {
+    fn wake_by_ref(flag: &Arc<Self>) {
+        flag.ready.store(true, Ordering::Release);
+        flag.task.wake();
+    }
+}
+
+impl ReadWaker {
+    fn new() -> Self {
+        Self {
+            flag: Arc::new(ReadFlag {
+                ready: AtomicBool::new(true),
+                task: futures::task::AtomicWaker::new(),
+            }),
         }
     }
+
+    /// Whether the socket may have something to read.
+    fn is_ready(&self) -> bool {
+        self.flag.ready.load(Ordering::Acquire)
+    }
+
+    /// The next message from the client; pending (without touching the socket) until
+    /// the socket signals something.
+    fn recv<'a>(
+        &'a self,
+        socket: &'a mut WebSocket,
+    ) -> impl Future<Output = Option<Result<Message, axum::Error>>> + 'a {
+        std::future::poll_fn(move |cx| {
+            self.flag.task.register(cx.waker());
+            if !self.flag.ready.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            let waker = futures::task::waker_ref(&self.flag);
+            let mut read_cx = Context::from_waker(&waker);
+            match Pin::new(&mut *socket).poll_next(&mut read_cx) {
+                Poll::Ready(message) => {
+                    // More may be buffered already: look again next time.
+                    self.flag.ready.store(true, Ordering::Release);
+                    Poll::Ready(message)
+                }
+                // The socket now holds the flag's waker.
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    }
+}
+
+/// What a session's loop does next.
+enum Step {
+    Send(Frame),
+    Received(Option<Result<Message, axum::Error>>),
 }
 
 /// Decodes and acts on one client frame.

@@ -23,18 +23,10 @@ pub async fn snapshot(
     room: harvest_proto::Room,
     channel: &Arc<RoomChannel>,
 ) -> Result<wire::RoomSnapshot, ApiError> {
-    let (product_ids, pinned) = tokio::try_join!(
-        state.store.room_products(&room.id),
+    let (products, pinned) = tokio::try_join!(
+        state.store.room_bag(&room.id),
         state.store.pinned_product(&room.id)
     )?;
-    let mut products = Vec::with_capacity(product_ids.len());
-    for id in &product_ids {
-        match state.store.product(id).await {
-            Ok(p) => products.push(p),
-            Err(StoreError::NotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
     let pinned_product = pinned.and_then(|id| products.iter().find(|p| p.id == id).cloned());
     Ok(wire::RoomSnapshot {
         viewers: channel.viewers_total(),

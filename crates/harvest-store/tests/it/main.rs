@@ -253,6 +253,14 @@ async fn bag_and_pin_stay_consistent() {
         store.room_products(&r.id).await.unwrap(),
         vec![p[1].clone(), p[0].clone()]
     );
+    // The bag's products in one read, in the same order, whole.
+    let bag = store.room_bag(&r.id).await.unwrap();
+    assert_eq!(
+        bag.iter().map(|b| b.id.clone()).collect::<Vec<_>>(),
+        vec![p[1].clone(), p[0].clone()]
+    );
+    assert_eq!(bag[1], store.product(&p[0]).await.unwrap());
+    assert!(store.room_bag("missing").await.unwrap().is_empty());
     assert_eq!(
         store.set_pinned_product(&r.id, Some(&p[0])).await.unwrap(),
         Some(p[0].clone())
