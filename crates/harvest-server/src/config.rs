@@ -204,7 +204,7 @@ impl Default for Settings {
             history_age_s: 600,
             event_retention_days: 30,
             ws_outbound_queue_bytes: 1024 * 1024,
-            ws_read_buffer_bytes: 4096,
+            ws_read_buffer_bytes: 2048,
             ws_write_buffer_bytes: 4096,
             room_batch_window_ms: 10,
             ws_threads: 0,

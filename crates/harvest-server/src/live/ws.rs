@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
+use tracing::Instrument;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
@@ -98,17 +99,12 @@ pub async fn ws_room(
     if let Some(enc) = negotiated {
         upgrade = upgrade.protocols([enc.subprotocol()]);
     }
-    Ok(upgrade.on_upgrade(move |socket| {
-        let sessions = state.live.sessions.clone();
-        // The session runs on the session runtime; the upgrade's task ends here.
-        sessions.spawn(async move {
-            let user = match auth {
-                Ok(user) => user,
-                Err(_) => return refuse(socket, close::INVALID_TOKEN).await,
-            };
-            run(socket, state, room_id, user, encoding, since).await;
-        });
-        std::future::ready(())
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        let user = match auth {
+            Ok(user) => user,
+            Err(_) => return refuse(socket, close::INVALID_TOKEN).await,
+        };
+        run(socket, state, room_id, user, encoding, since).await;
     }))
 }
 
@@ -131,6 +127,10 @@ fn hub_encoding(e: Encoding) -> harvest_hub::Encoding {
     }
 }
 
+/// Sets the connection up on the HTTP runtime, then runs its session as a task of its
+/// own on the session runtime. The setup's futures (SQL reads, the snapshot) are large
+/// and done before the first frame, so the task that lives as long as the connection
+/// holds only the session loop.
 #[tracing::instrument(skip_all, fields(room_id = %room_id, user_id = user.as_ref().map(|u| u.id.as_str())))]
 async fn run(
     socket: WebSocket,
@@ -140,52 +140,67 @@ async fn run(
     encoding: Encoding,
     since: Option<(String, u64)>,
 ) {
+    match join(&state, &room_id, user.as_ref(), encoding, since).await {
+        Ok(joined) => {
+            let sessions = state.live.sessions.clone();
+            let span = tracing::Span::current();
+            sessions.spawn(
+                serve_session(socket, state, room_id, user, encoding, joined).instrument(span),
+            );
+        }
+        Err(code) => refuse(socket, code).await,
+    }
+}
+
+/// Checks bans, admits the connection, joins the room and queues the welcome and the
+/// missed events or a snapshot. `Err`: the close code refusing the connection.
+async fn join(
+    state: &AppState,
+    room_id: &str,
+    user: Option<&User>,
+    encoding: Encoding,
+    since: Option<(String, u64)>,
+) -> Result<harvest_hub::Joined, u16> {
     let live = &state.live;
-    if let Some(user) = &user {
-        match live.is_banned(&room_id, &user.id).await {
+    if let Some(user) = user {
+        match live.is_banned(room_id, &user.id).await {
             Ok(false) => {}
-            Ok(true) => return refuse(socket, close::BANNED).await,
+            Ok(true) => return Err(close::BANNED),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check bans");
-                return refuse(socket, close::TRY_LATER).await;
+                return Err(close::TRY_LATER);
             }
         }
     }
-    let room = match state.store.room(&room_id).await {
+    let room = match state.store.room(room_id).await {
         Ok(room) => room,
-        Err(harvest_store::StoreError::NotFound) => {
-            return refuse(socket, close::ROOM_NOT_FOUND).await;
-        }
+        Err(harvest_store::StoreError::NotFound) => return Err(close::ROOM_NOT_FOUND),
         Err(e) => {
             tracing::warn!(error = %e, "cannot load the room for a websocket");
-            return refuse(socket, close::TRY_LATER).await;
+            return Err(close::TRY_LATER);
         }
     };
-    let admission = match live.hub.admit() {
-        Ok(a) => a,
-        Err(_) => return refuse(socket, close::TRY_LATER).await,
-    };
-    let channel = match live.open_room(&room_id).await {
+    let admission = live.hub.admit().map_err(|_| close::TRY_LATER)?;
+    let channel = match live.open_room(room_id).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "cannot open the room's log");
-            return refuse(socket, close::TRY_LATER).await;
+            return Err(close::TRY_LATER);
         }
     };
     let joined = live.hub.join(
         admission,
         &channel,
-        user.as_ref().map(|u| u.id.clone()),
+        user.map(|u| u.id.clone()),
         hub_encoding(encoding),
         since.as_ref().map(|(e, s)| (e.as_str(), *s)),
     );
-    let session = joined.session.clone();
     let welcome = live.once(
         Lane::Private,
         wire::SessionWelcome {
-            session_id: session.key.clone(),
-            room_id: room_id.clone(),
-            user_id: user.as_ref().map(|u| u.id.clone()),
+            session_id: joined.session.key.clone(),
+            room_id: room_id.to_owned(),
+            user_id: user.map(|u| u.id.clone()),
             epoch: joined.epoch.clone(),
             last_seq: joined.last_seq,
             recovered: joined.recovered,
@@ -193,17 +208,30 @@ async fn run(
     );
     let mut first = vec![welcome];
     if !joined.recovered {
-        match crate::routes::live::snapshot(&state, room, &channel).await {
+        match crate::routes::live::snapshot(state, room, &channel).await {
             Ok(snapshot) => first.push(live.once(Lane::Private, snapshot)),
             Err(e) => {
                 tracing::warn!(error = ?e.message, "cannot build the room snapshot");
-                return refuse(socket, close::TRY_LATER).await;
+                return Err(close::TRY_LATER);
             }
         }
     }
-    session.start(first);
+    joined.session.start(first);
+    Ok(joined)
+}
 
-    let mut socket = socket;
+/// Writes the session's queue to the socket and acts on the client's frames until
+/// either side closes.
+async fn serve_session(
+    mut socket: WebSocket,
+    state: AppState,
+    room_id: String,
+    user: Option<User>,
+    encoding: Encoding,
+    joined: harvest_hub::Joined,
+) {
+    let live = &state.live;
+    let session = &joined.session;
     let likes_limiter: DefaultDirectRateLimiter = RateLimiter::direct(Quota::per_second(
         std::num::NonZeroU32::new(live.limits.likes_per_connection_per_s)
             .unwrap_or(std::num::NonZeroU32::MIN),
@@ -270,7 +298,7 @@ async fn run(
                         text.as_bytes(),
                         true,
                         &likes_limiter,
-                        &session,
+                        session,
                     ),
                     Message::Binary(data) => handle_bytes(
                         &state,
@@ -280,7 +308,7 @@ async fn run(
                         &data,
                         false,
                         &likes_limiter,
-                        &session,
+                        session,
                     ),
                     Message::Close(_) => break,
                     Message::Ping(_) | Message::Pong(_) => Ok(()),
