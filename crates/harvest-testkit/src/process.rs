@@ -29,7 +29,9 @@ impl HarvestProcess {
         cmd.arg("serve")
             .current_dir(dir)
             .env("HARVEST_LISTEN", &addr)
-            .env("RUST_LOG", "warn")
+            // Warnings, plus the shutdown steps (info): a node that was told to stop
+            // (a signal from outside the test) says so in the test's output.
+            .env("RUST_LOG", "warn,harvest_server::app=info")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in env {

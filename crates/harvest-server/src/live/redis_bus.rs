@@ -229,6 +229,13 @@ impl RedisBus {
         let oldest = init.history.first().and_then(|e| e.seq).unwrap_or(u64::MAX);
         if oldest > last + 1 {
             // The log no longer holds everything the room missed: start over.
+            tracing::warn!(
+                room_id = %room.id,
+                position = last,
+                log_last = init.last_seq,
+                log_oldest = oldest,
+                "the room's shared log no longer holds what the room missed; starting over"
+            );
             room.reset(init, wire::close::GOING_AWAY);
             return Ok(());
         }
