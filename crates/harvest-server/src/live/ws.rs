@@ -109,6 +109,11 @@ pub async fn ws_room(
 }
 
 async fn refuse(mut socket: WebSocket, code: u16) {
+    send_close(&mut socket, code).await;
+}
+
+/// Sends a close frame with `code` and its reason (waiting at most `WRITE_TIMEOUT`).
+async fn send_close(socket: &mut WebSocket, code: u16) {
     let reason = close::reason(code).unwrap_or_default();
     let _ = tokio::time::timeout(
         WRITE_TIMEOUT,
@@ -276,15 +281,7 @@ async fn serve_session(
                 written += 1;
             }
             Step::Send(Frame::Close(code)) => {
-                let reason = close::reason(code).unwrap_or_default();
-                let _ = tokio::time::timeout(
-                    WRITE_TIMEOUT,
-                    socket.send(Message::Close(Some(CloseFrame {
-                        code,
-                        reason: Utf8Bytes::from_static(reason),
-                    }))),
-                )
-                .await;
+                send_close(&mut socket, code).await;
                 break;
             }
             Step::Received(incoming) => {
